@@ -1,0 +1,168 @@
+"""Command-line interface: ``condmonge train | predict | demo``.
+
+Every error caused by input exits with code 2 and one line on stderr; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from condmonge.errors import CondMongeError, DataError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Predict single-cell perturbation responses with conditional Monge-gap OT maps.",
+)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _embeddings(items: list[str]) -> dict[str, Any]:
+    from condmonge.conditions.encoders import read_table
+
+    tables = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        if not sep or not key or not path:
+            raise DataError(f"--embedding '{item}' must be KEY=TABLE.csv (e.g. drug=drugs.csv)")
+        tables[key] = read_table(path, key)
+    return tables
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Training data (.h5ad).")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoint, config).")],
+    condition_key: Annotated[str | None, typer.Option(help="obs column of conditions.")] = None,
+    control: Annotated[str | None, typer.Option(help="Label of control cells.")] = None,
+    dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
+    cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    embedding: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=TABLE.csv: feature table for an obs column (repeatable)."),
+    ] = None,
+    holdout: Annotated[str | None, typer.Option(help="Conditions to hold out: C1,C2+C3.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML with every hyperparameter.")] = None,
+    use_rep: Annotated[str | None, typer.Option(help="obsm key to train on instead of X.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+) -> None:
+    """Train a conditional Monge-gap map and write a checkpoint to --out."""
+    from condmonge.config import Config, load_config
+    from condmonge.data.anndata_io import read_h5ad
+    from condmonge.model import ConditionalMonge
+
+    try:
+        cfg = load_config(config) if config is not None else Config()
+        if condition_key is None and config is None:
+            raise DataError("give --condition-key (the obs column naming each cell's condition)")
+        if control is None and config is None:
+            raise DataError("give --control (the label of control cells)")
+        tables = _embeddings(embedding or [])
+        adata = read_h5ad(data)
+        model = ConditionalMonge(cfg).fit(
+            adata,
+            condition_key,
+            control,
+            dose_key=dose_key,
+            cell_type_key=cell_type_key,
+            use_rep=use_rep,
+            embeddings=tables,
+            holdout=_split(holdout),
+            steps=steps,
+            seed=seed,
+            checkpoint_dir=out,
+            resume=resume,
+        )
+        model.save(out)
+        typer.echo(
+            f"trained {len(model.conditions)} conditions for {int(model.state.step)} steps "
+            f"(best validation loss {model.loop.best_val_loss:.4g} at step "
+            f"{model.loop.best_step}); checkpoint in {out}"
+        )
+    except CondMongeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `train`.")],
+    data: Annotated[Path, typer.Argument(help="Data holding control cells (.h5ad).")],
+    out: Annotated[Path, typer.Option("--out", help="Predictions (.h5ad).")],
+    conditions: Annotated[str | None, typer.Option(help="Conditions: C1,C2+C3.")] = None,
+    query: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with condition/dose/cell-type columns, one predicted block per row."
+        ),
+    ] = None,
+    dose: Annotated[str | None, typer.Option(help="Dose of the --conditions.")] = None,
+    cell_type: Annotated[str | None, typer.Option(help="Cell type of the --conditions.")] = None,
+) -> None:
+    """Push the control cells of DATA through the trained map; write predictions as AnnData."""
+    import pandas as pd
+
+    from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
+    from condmonge.model import ConditionalMonge
+
+    try:
+        if conditions and query:
+            raise DataError("give either --conditions or --query, not both")
+        model = ConditionalMonge.load(run_dir)
+        adata = read_h5ad(data)
+        if query is not None:
+            if not query.is_file():
+                raise DataError(f"query file '{query}' does not exist")
+            wanted: Any = pd.read_csv(query)
+        else:
+            wanted = _split(conditions) or None
+        pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type)
+        write_h5ad_atomic(pred, out)
+        n_blocks = pred.obs["condition_id"].nunique()
+        typer.echo(f"wrote {pred.n_obs} predicted cells in {n_blocks} conditions to {out}")
+    except CondMongeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train on the shipped Norman/McFaline data with combinations held out, and report."""
+    from condmonge.demo import run_demo
+    from condmonge.evaluate.report import to_markdown
+
+    try:
+        summary = run_demo(out, steps=steps, seed=seed)
+    except CondMongeError as exc:
+        _fail(str(exc))
+    typer.echo(to_markdown(summary))
+    typer.echo(f"report: {out / 'metrics.md'}, {out / 'metrics.png'}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Validated configuration of a condmonge run.
+
+Pydantic validates at the boundary (Python, YAML, CLI flags); the validated values are then closed
+over as static constants by the jitted functions. Unknown keys are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from condmonge.errors import ConfigError
+
+__all__ = ["Config", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig", "load_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Which AnnData fields describe the conditions."""
+
+    condition_key: str = "condition"
+    control: str = "control"
+    dose_key: str | None = None
+    cell_type_key: str | None = None
+    covariate_keys: tuple[str, ...] = ()
+    combination_sep: str = "+"
+    use_rep: str | None = Field(
+        default=None, description="obsm key to train on (e.g. 'X_pca'); None uses X."
+    )
+    validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
+
+
+class ModelConfig(_Strict):
+    """Residual map ``T(x, c) = x + f([x, h(c)])``."""
+
+    hidden_dim: int = Field(default=128, gt=0)
+    n_layers: int = Field(default=4, gt=0)
+    condition_dim: int = Field(default=64, gt=0)
+    perturbation_hidden_dim: int = Field(default=64, gt=0)
+    pooling: Literal["mean", "sum"] = "mean"
+
+
+class LossConfig(_Strict):
+    """Fitting term + ``monge_gap_weight`` times the Monge gap, averaged over conditions.
+
+    Both entropic regularisations are *relative*: ``epsilon`` multiplies the mean of the cost
+    matrix of the batch (ott-jax ``relative_epsilon="mean"``), so they act alike in 2 or 2000
+    dimensions.
+    """
+
+    monge_gap_weight: float = Field(default=1.0, ge=0.0)
+    fit_epsilon: float = Field(default=0.01, gt=0.0)
+    monge_gap_epsilon: float = Field(default=0.01, gt=0.0)
+    cost: Literal["sqeuclidean", "euclidean"] = "sqeuclidean"
+    sinkhorn_max_iterations: int = Field(default=200, gt=0)
+    sinkhorn_threshold: float = Field(default=1e-3, gt=0.0)
+    sinkhorn_momentum: float | None = Field(default=1.5, ge=1.0, lt=2.0)
+
+
+class TrainConfig(_Strict):
+    """Optimisation, sampling and early stopping."""
+
+    steps: int = Field(default=2000, gt=0)
+    conditions_per_step: int = Field(default=8, gt=0)
+    cells_per_condition: int = Field(default=256, gt=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-5, ge=0.0)
+    warmup_steps: int = Field(default=100, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    validate_every: int = Field(default=100, gt=0)
+    validation_batches: int = Field(default=2, gt=0)
+    patience: int | None = Field(default=10, gt=0, description="evaluations without improvement")
+    checkpoint_every: int = Field(default=500, gt=0)
+    seed: int = 0
+    progress: bool = True
+
+
+class Config(_Strict):
+    """Every hyperparameter of a run; one YAML file holds all of it."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+
+    def updated(self, overrides: dict[str, Any]) -> Config:
+        """Return a copy with dotted-key overrides, e.g. ``{"train.steps": 100}``, validated."""
+        tree = self.model_dump()
+        for dotted, value in overrides.items():
+            node = tree
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if part not in node or not isinstance(node[part], dict):
+                    raise ConfigError(f"unknown config key '{dotted}'")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key '{dotted}'")
+            node[leaf] = value
+        return config_from_dict(tree)
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the full configuration as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
+    """Validate a nested mapping into a :class:`Config`; errors name the offending key."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(
+                f"{source}: unknown key '{where}'; valid sections are data, model, loss, train "
+                "(see `condmonge.Config` for every key)"
+            ) from None
+        raise ConfigError(f"{source}: '{where}': {err['msg']}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config (safe loader only); missing keys take their defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"config file '{path}' is not valid YAML: {exc}".splitlines()[0]
+        ) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    return config_from_dict(tree, source=str(path))

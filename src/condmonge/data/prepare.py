@@ -1,0 +1,243 @@
+"""From an AnnData to device-ready pools of cells grouped by condition.
+
+The training step never touches AnnData: every cell lives once in ``features [N, d]`` and a
+condition is an index range into ``target_rows`` (its treated cells) and ``source_rows`` (the
+control cells of its cell type). Sampling a batch is then pure index arithmetic on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from condmonge.conditions.spec import Condition, parse_doses, parse_perturbations
+from condmonge.config import DataConfig
+from condmonge.errors import DataError, UnknownConditionError
+
+__all__ = ["CellPools", "LabelledCells", "build_pools", "label_cells", "select_conditions"]
+
+
+@dataclass(frozen=True)
+class LabelledCells:
+    """Per-cell condition assignment of an AnnData.
+
+    Attributes:
+      conditions: the distinct treated conditions, sorted.
+      condition_of_cell: ``[n_cells]`` index into ``conditions``; -1 for control cells.
+      cell_type_of_cell: ``[n_cells]`` cell type (``None`` everywhere without a cell-type key).
+    """
+
+    conditions: list[Condition]
+    condition_of_cell: np.ndarray
+    cell_type_of_cell: np.ndarray
+
+    @property
+    def is_control(self) -> np.ndarray:
+        """``[n_cells]`` boolean mask of control cells."""
+        return self.condition_of_cell < 0
+
+
+def label_cells(adata: ad.AnnData, cfg: DataConfig) -> LabelledCells:
+    """Parse condition, dose, cell type and covariates of every cell into :class:`Condition`."""
+    obs = adata.obs
+    labels = obs[cfg.condition_key].astype(str).to_numpy()
+    doses = obs[cfg.dose_key].astype(str).to_numpy() if cfg.dose_key else np.full(len(obs), "1")
+    cell_types = (
+        obs[cfg.cell_type_key].astype(str).to_numpy()
+        if cfg.cell_type_key
+        else np.full(len(obs), None, dtype=object)
+    )
+    covariates = (
+        obs[list(cfg.covariate_keys)].to_numpy(np.float64)
+        if cfg.covariate_keys
+        else np.zeros((len(obs), 0))
+    )
+    if covariates.size and not np.isfinite(covariates).all():
+        raise DataError(f"adata.obs covariates {list(cfg.covariate_keys)} contain NaN or inf")
+    keys = pd.DataFrame({"label": labels, "dose": doses, "cell_type": cell_types.astype(str)})
+    for j in range(covariates.shape[1]):
+        keys[f"cov{j}"] = covariates[:, j]
+    group_ids, uniques = pd.factorize(pd.MultiIndex.from_frame(keys))
+    by_group: dict[int, Condition | None] = {}
+    first_row = pd.Series(np.arange(len(obs))).groupby(group_ids).first()
+    for group, row in first_row.items():
+        if labels[row] == cfg.control:
+            by_group[group] = None
+            continue
+        by_group[group] = make_condition(
+            labels[row],
+            doses[row] if cfg.dose_key else 1.0,
+            cell_types[row],
+            tuple(covariates[row]),
+            cfg.combination_sep,
+            where=f"adata.obs['{cfg.condition_key}'] row {row}",
+        )
+    conditions = sorted({c for c in by_group.values() if c is not None})
+    index = {c: i for i, c in enumerate(conditions)}
+    lookup = np.array(
+        [-1 if by_group[g] is None else index[by_group[g]] for g in range(len(uniques))]
+    )
+    return LabelledCells(conditions, lookup[group_ids], cell_types)
+
+
+def make_condition(
+    label: str,
+    dose: object,
+    cell_type: str | None,
+    covariates: tuple[float, ...] = (),
+    sep: str = "+",
+    where: str = "",
+) -> Condition:
+    """Build a canonical :class:`Condition` (perturbations sorted, doses aligned)."""
+    try:
+        names = parse_perturbations(label, sep)
+        values = parse_doses(dose, len(names), sep)
+    except UnknownConditionError as exc:
+        raise UnknownConditionError(f"{exc} ({where})" if where else str(exc)) from None
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    return Condition(
+        tuple(names[i] for i in order),
+        tuple(values[i] for i in order),
+        None if cell_type is None else str(cell_type),
+        tuple(float(c) for c in covariates),
+    )
+
+
+def select_conditions(
+    conditions: Sequence[Condition], selectors: Sequence[str], sep: str = "+"
+) -> list[int]:
+    """Indices of ``conditions`` matching any selector.
+
+    A selector matches a condition by its perturbation label in any order (``"B+A"`` matches
+    ``A+B`` at every dose and cell type) or by its full :meth:`Condition.key`.
+    """
+    wanted_labels = {tuple(sorted(parse_perturbations(s, sep))) for s in selectors if "|" not in s}
+    wanted_keys = {s for s in selectors if "|" in s}
+    chosen = [
+        i
+        for i, c in enumerate(conditions)
+        if c.perturbations in wanted_labels or c.key(sep) in wanted_keys
+    ]
+    found = {conditions[i].perturbations for i in chosen} | {conditions[i].key(sep) for i in chosen}
+    missing = [
+        s
+        for s in selectors
+        if tuple(sorted(parse_perturbations(s, sep))) not in found and s not in found
+    ]
+    if missing:
+        raise UnknownConditionError(
+            f"held-out condition(s) {', '.join(repr(m) for m in missing)} do not occur in the data"
+        )
+    return chosen
+
+
+class CellPools(NamedTuple):
+    """Cells of ``k`` conditions as index ranges into one feature matrix (a pytree of arrays).
+
+    Attributes:
+      features: ``[N, d]`` every cell used, once.
+      target_rows: ``[N_t]`` rows of ``features``, treated cells grouped by condition.
+      target_start, target_count: ``[K]`` range of each condition in ``target_rows``.
+      source_rows: ``[N_s]`` rows of control cells grouped by cell type.
+      source_start, source_count: ``[K]`` range of each condition's controls in ``source_rows``.
+    """
+
+    features: np.ndarray
+    target_rows: np.ndarray
+    target_start: np.ndarray
+    target_count: np.ndarray
+    source_rows: np.ndarray
+    source_start: np.ndarray
+    source_count: np.ndarray
+
+
+def _ranges(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    counts = np.array([len(g) for g in groups], np.int32)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    rows = np.concatenate(groups).astype(np.int32) if groups else np.zeros(0, np.int32)
+    return rows, starts, counts
+
+
+def build_pools(
+    features: np.ndarray,
+    cells: LabelledCells,
+    condition_ids: Sequence[int],
+    validation_fraction: float,
+    seed: int,
+) -> tuple[CellPools, CellPools]:
+    """Training and validation pools for the given conditions.
+
+    Each condition's treated cells and each cell type's controls are split at random into a
+    training and a validation part (``validation_fraction``; at least one cell stays in
+    training). A group too small to spare a validation cell is validated on its training cells.
+    """
+    rng = np.random.default_rng(seed)
+    control_rows = np.flatnonzero(cells.is_control)
+    control_groups: dict[object, np.ndarray] = {}
+    for cell_type in pd.unique(cells.cell_type_of_cell[control_rows]):
+        control_groups[cell_type] = control_rows[cells.cell_type_of_cell[control_rows] == cell_type]
+
+    def split(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = rng.permutation(rows)
+        n_val = int(np.floor(validation_fraction * len(rows)))
+        n_val = min(n_val, len(rows) - 1)
+        return (rows[n_val:], rows[:n_val]) if n_val > 0 else (rows, rows)
+
+    control_split = {ct: split(rows) for ct, rows in control_groups.items()}
+    train_t, val_t, train_s, val_s = [], [], [], []
+    for cid in condition_ids:
+        cond = cells.conditions[cid]
+        rows = np.flatnonzero(cells.condition_of_cell == cid)
+        if rows.size == 0:
+            raise DataError(f"condition '{cond.key()}' has no cells")
+        key = cond.cell_type
+        if key not in control_split:
+            raise DataError(
+                f"cell type '{key}' has treated cells ({cond.label()}) but no control cells; "
+                "add its controls or drop its cells"
+            )
+        tr, va = split(rows)
+        train_t.append(tr)
+        val_t.append(va)
+        train_s.append(control_split[key][0])
+        val_s.append(control_split[key][1])
+
+    # Store each distinct cell row once and remap indices into the compact matrix.
+    used = np.unique(
+        np.concatenate(train_t + val_t + [r for pair in control_split.values() for r in pair])
+    )
+    remap = np.full(features.shape[0], -1, np.int64)
+    remap[used] = np.arange(used.size)
+    compact = np.ascontiguousarray(features[used], dtype=np.float32)
+
+    def pools(targets: list[np.ndarray], sources: list[np.ndarray]) -> CellPools:
+        t_rows, t_start, t_count = _ranges([remap[t] for t in targets])
+        # Conditions of one cell type share their controls: store each group once.
+        unique_sources: dict[int, int] = {}
+        groups, s_start, s_count = [], [], []
+        offset = 0
+        for s in sources:
+            ident = id(s)
+            if ident not in unique_sources:
+                unique_sources[ident] = offset
+                groups.append(remap[s])
+                offset += len(s)
+            s_start.append(unique_sources[ident])
+            s_count.append(len(s))
+        s_rows = np.concatenate(groups).astype(np.int32)
+        return CellPools(
+            compact,
+            t_rows,
+            t_start,
+            t_count,
+            s_rows,
+            np.asarray(s_start, np.int32),
+            np.asarray(s_count, np.int32),
+        )
+
+    return pools(train_t, train_s), pools(val_t, val_s)

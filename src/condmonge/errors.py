@@ -1,0 +1,56 @@
+"""Exception hierarchy of condmonge.
+
+Every error a user can cause by their input derives from :class:`CondMongeError`, carries a
+one-line message that names what is wrong, where, and how to fix it, and is turned by the CLI
+into exit code 2 with that line on stderr.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "CheckpointError",
+    "CondMongeError",
+    "ConfigError",
+    "DataError",
+    "UnknownConditionError",
+    "NotFittedError",
+    "TrainingError",
+    "suggest",
+]
+
+
+class CondMongeError(ValueError):
+    """Base class of every error caused by user input."""
+
+
+class DataError(CondMongeError):
+    """The AnnData (or a table) does not have the expected content."""
+
+
+class UnknownConditionError(CondMongeError):
+    """A condition cannot be encoded: unknown perturbation, cell type or malformed label."""
+
+
+class ConfigError(CondMongeError):
+    """A configuration file or value is invalid."""
+
+
+class CheckpointError(CondMongeError):
+    """A checkpoint is missing, truncated, foreign or from an incompatible version."""
+
+
+class TrainingError(CondMongeError):
+    """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class NotFittedError(CondMongeError):
+    """A method that needs a trained model was called before ``fit`` or ``load``."""
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
+    matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.5)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""

@@ -1,0 +1,93 @@
+r"""Flax networks: the condition embedding :math:`h(c)` and the residual map :math:`T(x, c)`.
+
+.. math::
+    T(x, c) = x + f\big([\,(x - \mu)/\sigma,\; h(c)\,]\big)
+
+where :math:`\mu, \sigma` are fixed feature statistics of the training cells (the ``constants``
+collection; never trained) and the last layer of :math:`f` starts at zero, so an untrained map
+is the identity.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from condmonge.conditions.encoding import EncodedConditions
+
+__all__ = ["ConditionEmbedding", "ConditionalResidualMap", "PerturbationSetEncoder"]
+
+
+class PerturbationSetEncoder(nn.Module):
+    r"""Permutation-invariant encoder of a set of (perturbation, dose) pairs (Deep Sets).
+
+    .. math::
+        h_{\text{set}} = \rho\Big(\operatorname{pool}_{j: \text{mask}_j = 1}
+            \phi([e_j, \log_{10}(1 + \text{dose}_j)])\Big)
+
+    Padding rows (``mask = 0``) contribute nothing, so the output does not depend on the order
+    of the perturbations nor on the padded size ``m``.
+    """
+
+    hidden_dim: int
+    out_dim: int
+    pooling: str = "mean"
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray, log_dose: jnp.ndarray, mask: jnp.ndarray):
+        """Encode ``features [m, p]``, ``log_dose [m]``, ``mask [m]`` into ``[out_dim]``."""
+        h = jnp.concatenate([features, log_dose[:, None]], axis=-1)
+        h = nn.gelu(nn.Dense(self.hidden_dim, name="phi_0")(h))
+        h = nn.gelu(nn.Dense(self.hidden_dim, name="phi_1")(h))
+        pooled = jnp.sum(h * mask[:, None], axis=0)
+        if self.pooling == "mean":
+            pooled = pooled / jnp.maximum(jnp.sum(mask), 1.0)
+        return nn.Dense(self.out_dim, name="rho")(pooled)
+
+
+class ConditionEmbedding(nn.Module):
+    """One branch per modality (perturbation set, context), merged into ``[condition_dim]``."""
+
+    condition_dim: int
+    hidden_dim: int
+    pooling: str = "mean"
+
+    @nn.compact
+    def __call__(self, condition: EncodedConditions) -> jnp.ndarray:
+        """Embed one condition (arrays without the leading ``k`` axis)."""
+        parts = [
+            PerturbationSetEncoder(self.hidden_dim, self.hidden_dim, self.pooling, name="set")(
+                condition.perturbation, condition.log_dose, condition.mask
+            )
+        ]
+        if condition.context.shape[-1] > 0:
+            parts.append(nn.Dense(self.hidden_dim, name="context")(condition.context))
+        h = nn.gelu(jnp.concatenate(parts, axis=-1))
+        return nn.Dense(self.condition_dim, name="merge")(h)
+
+
+class ConditionalResidualMap(nn.Module):
+    """``T(x, c) = x + f([x_normalised, h(c)])`` for a batch ``x [n, d]`` and one condition."""
+
+    n_features: int
+    hidden_dim: int = 128
+    n_layers: int = 4
+    condition_dim: int = 64
+    perturbation_hidden_dim: int = 64
+    pooling: str = "mean"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, condition: EncodedConditions) -> jnp.ndarray:
+        """Map cells ``x [n, d]`` under one condition; returns ``[n, d]``."""
+        mean = self.variable("constants", "feature_mean", jnp.zeros, (self.n_features,))
+        scale = self.variable("constants", "feature_scale", jnp.ones, (self.n_features,))
+        embedding = ConditionEmbedding(
+            self.condition_dim, self.perturbation_hidden_dim, self.pooling, name="condition"
+        )(condition)
+        h = (x - mean.value) / scale.value
+        h = jnp.concatenate([h, jnp.broadcast_to(embedding, (x.shape[0], embedding.shape[-1]))], -1)
+        for i in range(self.n_layers):
+            h = nn.gelu(nn.Dense(self.hidden_dim, name=f"hidden_{i}")(h))
+        # Zero-initialised output: the untrained map is the identity (Monge gap 0).
+        delta = nn.Dense(self.n_features, kernel_init=nn.initializers.zeros, name="out")(h)
+        return x + delta

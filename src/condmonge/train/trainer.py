@@ -1,0 +1,247 @@
+"""Training: a pure jitted step over all conditions, and the host loop around it.
+
+``step(state, pools, conditions) -> (state, metrics)`` samples ``k`` conditions and ``n`` cells
+each from arrays already on the device and evaluates all conditions with ``vmap``; it is traced
+once per run whatever the number of conditions. The host loop only logs, validates, stops early
+and checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from condmonge.conditions.encoding import EncodedConditions
+from condmonge.config import LossConfig, TrainConfig
+from condmonge.data.prepare import CellPools
+from condmonge.data.sampler import sample_batch
+from condmonge.errors import TrainingError
+from condmonge.models.losses import make_conditional_loss
+
+__all__ = [
+    "TrainState",
+    "TrainLoopState",
+    "make_eval_fn",
+    "make_optimizer",
+    "make_train_step",
+    "train_loop",
+]
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything that changes during training (a pytree; saved whole for resuming)."""
+
+    step: jnp.ndarray
+    params: Any
+    constants: Any
+    opt_state: Any
+    rng: jnp.ndarray
+
+
+@struct.dataclass
+class TrainLoopState:
+    """Host-side early-stopping bookkeeping, saved with checkpoints for exact resumption."""
+
+    best_params: Any
+    best_val_loss: float = float("inf")
+    best_step: int = 0
+    evals_since_best: int = 0
+    history: list = struct.field(pytree_node=False, default_factory=list)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW, linear warm-up then cosine decay to 1% of the peak rate, after gradient clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.learning_rate,
+        warmup_steps=min(cfg.warmup_steps, max(cfg.steps - 1, 0)),
+        decay_steps=max(cfg.steps, cfg.warmup_steps + 1),
+        end_value=0.01 * cfg.learning_rate,
+    )
+    adamw = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    if cfg.grad_clip is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    loss_cfg: LossConfig,
+    train_cfg: TrainConfig,
+    on_trace: Callable[[], None] | None = None,
+) -> Callable[[TrainState, CellPools, EncodedConditions], tuple[TrainState, dict]]:
+    """The jitted training step. ``on_trace`` is called each time JAX traces it (for tests)."""
+    loss_fn = make_conditional_loss(model.apply, loss_cfg)
+
+    @jax.jit
+    def step(state: TrainState, pools: CellPools, conditions: EncodedConditions):
+        if on_trace is not None:
+            on_trace()  # Python side effect: runs at trace time only.
+        rng, rng_batch = jax.random.split(state.rng)
+        batch = sample_batch(
+            rng_batch,
+            pools,
+            conditions,
+            train_cfg.conditions_per_step,
+            train_cfg.cells_per_condition,
+        )
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.constants, batch.source, batch.target, batch.condition
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "fit": aux["fit"],
+            "monge_gap": aux["monge_gap"],
+            "per_condition": aux["per_condition"],
+            "condition_index": batch.condition_index,
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_fn(
+    model: nn.Module, loss_cfg: LossConfig, train_cfg: TrainConfig
+) -> Callable[[Any, Any, CellPools, EncodedConditions, jnp.ndarray], jnp.ndarray]:
+    """Jitted validation loss: mean over ``validation_batches`` batches drawn with a fixed key."""
+    loss_fn = make_conditional_loss(model.apply, loss_cfg)
+
+    @jax.jit
+    def evaluate(params, constants, pools, conditions, rng):
+        def one(key):
+            batch = sample_batch(
+                key,
+                pools,
+                conditions,
+                train_cfg.conditions_per_step,
+                train_cfg.cells_per_condition,
+            )
+            return loss_fn(params, constants, batch.source, batch.target, batch.condition)[0]
+
+        keys = jax.random.split(rng, train_cfg.validation_batches)
+        return jnp.mean(jax.lax.map(one, keys))
+
+    return evaluate
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("val {task.fields[val]}"),
+        TextColumn("{task.fields[rate]} steps/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def train_loop(
+    state: TrainState,
+    loop: TrainLoopState,
+    step_fn: Callable,
+    eval_fn: Callable,
+    train_pools: CellPools,
+    val_pools: CellPools,
+    conditions: EncodedConditions,
+    cfg: TrainConfig,
+    condition_names: Sequence[str],
+    checkpoint_fn: Callable[[TrainState, TrainLoopState], None] | None = None,
+    log_every: int = 10,
+) -> tuple[TrainState, TrainLoopState]:
+    """Run ``step_fn`` until ``cfg.steps``, validating, stopping early and checkpointing.
+
+    Returns the final state and the loop state whose ``best_params`` are the parameters with
+    the lowest validation loss.
+    """
+    val_rng = jax.random.PRNGKey(cfg.seed + 1)
+    start_step = int(state.step)
+    last_logged = (time.perf_counter(), start_step)
+    rate = "-"
+    with _progress(cfg.progress) as bar:
+        task = bar.add_task(
+            "train", total=cfg.steps, completed=start_step, loss="-", val="-", rate="-"
+        )
+        for step in range(start_step + 1, cfg.steps + 1):
+            previous = state
+            state, metrics = step_fn(state, train_pools, conditions)
+            done_validating = step % cfg.validate_every == 0 or step == cfg.steps
+            if step % log_every == 0 or done_validating:
+                loss = float(metrics["loss"])
+                if not np.isfinite(loss):
+                    per = np.asarray(metrics["per_condition"])
+                    idx = np.asarray(metrics["condition_index"])
+                    bad = [
+                        condition_names[i]
+                        for i, v in zip(idx, per, strict=True)
+                        if not np.isfinite(v)
+                    ]
+                    if checkpoint_fn is not None:
+                        checkpoint_fn(previous, loop)
+                    raise TrainingError(
+                        f"non-finite loss at step {step} (condition(s): "
+                        f"{', '.join(bad[:3]) or 'unknown'}); lower train.learning_rate or check "
+                        "the data of these conditions; the last good checkpoint was kept"
+                    )
+                now = time.perf_counter()
+                rate = f"{(step - last_logged[1]) / max(now - last_logged[0], 1e-9):.1f}"
+                last_logged = (now, step)
+                record = {
+                    "step": step,
+                    "loss": loss,
+                    "fit": float(metrics["fit"]),
+                    "monge_gap": float(metrics["monge_gap"]),
+                    "steps_per_s": float(rate),
+                }
+                bar.update(task, completed=step, loss=f"{loss:.4g}", rate=rate)
+                if done_validating:
+                    val = float(
+                        eval_fn(state.params, state.constants, val_pools, conditions, val_rng)
+                    )
+                    record["val_loss"] = val
+                    bar.update(task, val=f"{val:.4g}")
+                    if val < loop.best_val_loss:
+                        loop = loop.replace(
+                            best_params=state.params,
+                            best_val_loss=val,
+                            best_step=step,
+                            evals_since_best=0,
+                        )
+                    else:
+                        loop = loop.replace(evals_since_best=loop.evals_since_best + 1)
+                loop.history.append(record)
+                if done_validating and cfg.patience and loop.evals_since_best >= cfg.patience:
+                    bar.update(task, completed=step)
+                    if checkpoint_fn is not None:
+                        checkpoint_fn(state, loop)
+                    break
+            if checkpoint_fn is not None and step % cfg.checkpoint_every == 0:
+                checkpoint_fn(state, loop)
+        else:
+            if checkpoint_fn is not None and int(state.step) % cfg.checkpoint_every != 0:
+                checkpoint_fn(state, loop)
+    return state, loop

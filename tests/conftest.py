@@ -1,0 +1,74 @@
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import condmonge as cm
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def make_adata(
+    n_per_condition=60,
+    d=6,
+    conditions=("A", "B", "A+B"),
+    cell_types=None,
+    doses=None,
+    seed=0,
+    sparse=False,
+):
+    """Controls ~ N(0, I); condition c shifts by a fixed vector per perturbation (additive)."""
+    rng = np.random.default_rng(seed)
+    shifts = {}
+    rows, obs = [], []
+    for ct in cell_types or [None]:
+        rows.append(rng.normal(size=(n_per_condition, d)))
+        obs += [{"condition": "control", "cell_type": ct, "dose": 0.0}] * n_per_condition
+        for cond in conditions:
+            for dose in doses or [1.0]:
+                delta = sum(
+                    shifts.setdefault(p, rng.normal(scale=2.0, size=d)) for p in cond.split("+")
+                )
+                rows.append(rng.normal(size=(n_per_condition, d)) + delta * np.log10(1 + dose))
+                obs += [{"condition": cond, "cell_type": ct, "dose": dose}] * n_per_condition
+    x = np.concatenate(rows).astype(np.float32)
+    frame = pd.DataFrame(obs, index=[f"c{i}" for i in range(len(obs))])
+    if cell_types is None:
+        frame = frame.drop(columns="cell_type")
+    if doses is None:
+        frame = frame.drop(columns="dose")
+    frame["condition"] = frame["condition"].astype("category")
+    var = pd.DataFrame(index=[f"g{j}" for j in range(d)])
+    return ad.AnnData(X=sp.csr_matrix(x) if sparse else x, obs=frame, var=var)
+
+
+def tiny_config(**overrides):
+    base = {
+        "train.steps": 4,
+        "train.conditions_per_step": 2,
+        "train.cells_per_condition": 16,
+        "train.validate_every": 2,
+        "train.progress": False,
+        "model.hidden_dim": 16,
+        "model.n_layers": 2,
+        "model.condition_dim": 8,
+        "model.perturbation_hidden_dim": 8,
+        "loss.sinkhorn_max_iterations": 20,
+    }
+    base.update(overrides)
+    return cm.Config().updated(base)
+
+
+@pytest.fixture
+def adata():
+    return make_adata()
