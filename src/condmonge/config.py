@@ -55,12 +55,14 @@ class LossConfig(_Strict):
     """
 
     monge_gap_weight: float = Field(default=1.0, ge=0.0)
-    fit_epsilon: float = Field(default=0.01, gt=0.0)
-    monge_gap_epsilon: float = Field(default=0.01, gt=0.0)
+    fit_epsilon: float = Field(default=0.1, gt=0.0)
+    monge_gap_epsilon: float = Field(default=0.02, gt=0.0)
     cost: Literal["sqeuclidean", "euclidean"] = "sqeuclidean"
-    sinkhorn_max_iterations: int = Field(default=200, gt=0)
+    # Truncated solves: on the synthetic benchmark 30, 50 and 100 iterations give the same
+    # L2-UVP, and high-dimensional batches converge well before the cap.
+    sinkhorn_max_iterations: int = Field(default=50, gt=0)
     sinkhorn_threshold: float = Field(default=1e-3, gt=0.0)
-    sinkhorn_momentum: float | None = Field(default=1.5, ge=1.0, lt=2.0)
+    sinkhorn_momentum: float | None = Field(default=None, ge=1.0, lt=2.0)
 
 
 class TrainConfig(_Strict):

@@ -86,7 +86,8 @@ def write_checkpoint(path: str | Path, meta: dict[str, Any], arrays: dict[str, n
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp, metadata=header)
+        # np.ascontiguousarray would turn 0-d arrays into 1-d ones; copy keeps the shape.
+        save_file({k: np.array(v, order="C") for k, v in arrays.items()}, tmp, metadata=header)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared

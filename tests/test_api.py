@@ -1,0 +1,117 @@
+"""Fit / predict / save / load through the Python API."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import condmonge as cm
+from conftest import make_adata, tiny_config
+
+
+@pytest.mark.parametrize("n_conditions", [5, 50])
+def test_training_step_is_traced_once(n_conditions):
+    names = [f"d{i}" for i in range(n_conditions)]
+    data = make_adata(n_per_condition=20, d=4, conditions=names)
+    model = cm.ConditionalMonge(tiny_config(**{"train.steps": 6})).fit(data, "condition", "control")
+    assert len(model.conditions) == n_conditions
+    assert int(model.state.step) == 6
+    assert model.n_traces == 1
+
+
+def test_prediction_blocks_and_obs(adata):
+    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control")
+    pred = model.predict(adata, ["A", "B+A"])
+    n_ctrl = int((adata.obs.condition == "control").sum())
+    assert pred.n_obs == 2 * n_ctrl
+    assert list(pred.var_names) == list(adata.var_names)
+    assert list(pred.obs["condition"].cat.categories) == ["A", "A+B"]
+    ctrl_rows = np.flatnonzero(adata.obs.condition == "control")
+    np.testing.assert_array_equal(pred.obs["source_index"].to_numpy()[:n_ctrl], ctrl_rows)
+    # Without a condition column every cell is a control.
+    bare = adata[ctrl_rows].copy()
+    del bare.obs["condition"]
+    again = model.predict(bare, ["A"])
+    np.testing.assert_allclose(again.X, pred.X[:n_ctrl], rtol=1e-6)
+
+
+def test_query_table_with_dose_and_cell_type():
+    data = make_adata(cell_types=["k1", "k2"], doses=[1.0, 10.0])
+    model = cm.ConditionalMonge(tiny_config()).fit(
+        data, "condition", "control", dose_key="dose", cell_type_key="cell_type"
+    )
+    query = pd.DataFrame({"condition": ["A", "A+B"], "dose": ["3", "2+5"],
+                          "cell_type": ["k2", "k1"]})
+    pred = model.predict(data, query)
+    assert list(pred.obs["condition_id"].unique()) == [
+        "A|dose=3|cell_type=k2", "A+B|dose=2+5|cell_type=k1"]
+    with pytest.raises(cm.errors.UnknownConditionError, match="needs a dose"):
+        model.predict(data, ["A"])
+
+
+def test_unseen_perturbation_with_embedding_table():
+    data = make_adata(conditions=("A", "B", "C"))
+    table = pd.DataFrame(np.eye(4), index=["A", "B", "C", "D"], columns=list("wxyz"))
+    model = cm.ConditionalMonge(tiny_config()).fit(
+        data, "condition", "control", embeddings={"condition": table}, holdout=["C"]
+    )
+    pred = model.predict(data, ["C", "D", "A+D"])
+    assert pred.obs["condition"].nunique() == 3
+    assert np.isfinite(pred.X).all()
+
+
+def test_same_seed_same_parameters_and_different_seed_differs(adata):
+    def params(seed):
+        model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control", seed=seed)
+        return model.predict(adata, ["A+B"]).X
+
+    np.testing.assert_array_equal(params(3), params(3))
+    assert not np.array_equal(params(3), params(4))
+
+
+def test_save_load_in_new_process_gives_identical_predictions(adata, tmp_path):
+    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control",
+                                                   checkpoint_dir=tmp_path / "run")
+    model.save(tmp_path / "run")
+    adata.write_h5ad(tmp_path / "data.h5ad")
+    expected = model.predict(adata, ["A+B", "B"]).X
+    script = textwrap.dedent(f"""
+        import anndata as ad, numpy as np, condmonge as cm
+        model = cm.ConditionalMonge.load({str(tmp_path / "run")!r})
+        pred = model.predict(ad.read_h5ad({str(tmp_path / "data.h5ad")!r}), ["A+B", "B"])
+        np.save({str(tmp_path / "pred.npy")!r}, pred.X)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), expected)
+
+
+def test_checkpoint_is_safetensors_without_pickle(adata, tmp_path):
+    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control")
+    path = model.save(tmp_path)
+    raw = path.read_bytes()
+    assert b"condmonge-checkpoint" in raw[:20000]
+    assert b"\x80\x04\x95" not in raw  # no pickle protocol-4 frame anywhere
+
+
+def test_truncated_and_foreign_checkpoints(adata, tmp_path):
+    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control")
+    path = model.save(tmp_path / "run")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(cm.errors.CheckpointError, match="truncated or foreign"):
+        cm.ConditionalMonge.load(tmp_path / "run")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(cm.errors.CheckpointError, match="no checkpoint at"):
+        cm.ConditionalMonge.load(tmp_path / "other")
+
+
+def test_resume_continues_to_the_requested_steps(adata, tmp_path):
+    cfg = tiny_config(**{"train.steps": 4, "train.checkpoint_every": 2})
+    cm.ConditionalMonge(cfg).fit(adata, "condition", "control", checkpoint_dir=tmp_path)
+    resumed = cm.ConditionalMonge(cfg).fit(adata, "condition", "control", steps=8,
+                                           checkpoint_dir=tmp_path, resume=True)
+    assert int(resumed.state.step) == 8
+    assert [h["step"] for h in resumed.history.to_dict("records")][-1] == 8
