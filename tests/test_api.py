@@ -43,11 +43,14 @@ def test_query_table_with_dose_and_cell_type():
     model = cm.ConditionalMonge(tiny_config()).fit(
         data, "condition", "control", dose_key="dose", cell_type_key="cell_type"
     )
-    query = pd.DataFrame({"condition": ["A", "A+B"], "dose": ["3", "2+5"],
-                          "cell_type": ["k2", "k1"]})
+    query = pd.DataFrame(
+        {"condition": ["A", "A+B"], "dose": ["3", "2+5"], "cell_type": ["k2", "k1"]}
+    )
     pred = model.predict(data, query)
     assert list(pred.obs["condition_id"].unique()) == [
-        "A|dose=3|cell_type=k2", "A+B|dose=2+5|cell_type=k1"]
+        "A|dose=3|cell_type=k2",
+        "A+B|dose=2+5|cell_type=k1",
+    ]
     with pytest.raises(cm.errors.UnknownConditionError, match="needs a dose"):
         model.predict(data, ["A"])
 
@@ -73,8 +76,9 @@ def test_same_seed_same_parameters_and_different_seed_differs(adata):
 
 
 def test_save_load_in_new_process_gives_identical_predictions(adata, tmp_path):
-    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control",
-                                                   checkpoint_dir=tmp_path / "run")
+    model = cm.ConditionalMonge(tiny_config()).fit(
+        adata, "condition", "control", checkpoint_dir=tmp_path / "run"
+    )
     model.save(tmp_path / "run")
     adata.write_h5ad(tmp_path / "data.h5ad")
     expected = model.predict(adata, ["A+B", "B"]).X
@@ -111,7 +115,42 @@ def test_truncated_and_foreign_checkpoints(adata, tmp_path):
 def test_resume_continues_to_the_requested_steps(adata, tmp_path):
     cfg = tiny_config(**{"train.steps": 4, "train.checkpoint_every": 2})
     cm.ConditionalMonge(cfg).fit(adata, "condition", "control", checkpoint_dir=tmp_path)
-    resumed = cm.ConditionalMonge(cfg).fit(adata, "condition", "control", steps=8,
-                                           checkpoint_dir=tmp_path, resume=True)
+    resumed = cm.ConditionalMonge(cfg).fit(
+        adata, "condition", "control", steps=8, checkpoint_dir=tmp_path, resume=True
+    )
     assert int(resumed.state.step) == 8
     assert [h["step"] for h in resumed.history.to_dict("records")][-1] == 8
+
+
+def test_pca_latent_training_round_trip(adata, tmp_path):
+    model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 3})).fit(
+        adata, "condition", "control", holdout=["A+B"]
+    )
+    assert model.projection.components.shape == (6, 3)
+    np.testing.assert_allclose(
+        model.projection.components.T @ model.projection.components, np.eye(3), atol=1e-5
+    )
+    pred = model.predict(adata, ["A+B"])
+    assert pred.n_vars == 6  # predictions come back in gene space
+    ctrl = np.asarray(adata[adata.obs.condition == "control"].X)
+    # The displacement lies in the 3-d principal subspace.
+    residual = (np.asarray(pred.X) - ctrl) @ (
+        np.eye(6) - model.projection.components @ model.projection.components.T
+    )
+    assert np.abs(residual).max() < 1e-4
+    model.save(tmp_path)
+    np.testing.assert_array_equal(
+        cm.ConditionalMonge.load(tmp_path).predict(adata, ["A+B"]).X, pred.X
+    )
+
+
+def test_pca_is_fitted_without_held_out_cells(adata):
+    model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 2})).fit(
+        adata, "condition", "control", holdout=["A+B"]
+    )
+    from condmonge.data.pca import fit_pca
+
+    kept = np.asarray(adata[adata.obs.condition != "A+B"].X)
+    np.testing.assert_allclose(
+        np.abs(model.projection.components), np.abs(fit_pca(kept, 2).components), atol=1e-5
+    )

@@ -11,16 +11,22 @@ import yaml
 from conftest import make_adata
 
 CONFIG = {
-    "train": {"steps": 4, "conditions_per_step": 2, "cells_per_condition": 16,
-              "validate_every": 2, "progress": False},
+    "train": {
+        "steps": 4,
+        "conditions_per_step": 2,
+        "cells_per_condition": 16,
+        "validate_every": 2,
+        "progress": False,
+    },
     "model": {"hidden_dim": 16, "n_layers": 2, "condition_dim": 8, "perturbation_hidden_dim": 8},
     "loss": {"sinkhorn_max_iterations": 20},
 }
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "condmonge.cli", *map(str, args)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "condmonge.cli", *map(str, args)], capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +35,28 @@ def workspace(tmp_path_factory):
     data = make_adata(cell_types=["k1", "k2"], doses=[1.0, 10.0])
     data.write_h5ad(root / "data.h5ad")
     (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
-    result = run_cli("train", root / "data.h5ad", "--out", root / "run", "--condition-key",
-                     "condition", "--control", "control", "--dose-key", "dose",
-                     "--cell-type-key", "cell_type", "--holdout", "A+B", "--steps", 6,
-                     "--seed", 1, "--config", root / "config.yaml")
+    result = run_cli(
+        "train",
+        root / "data.h5ad",
+        "--out",
+        root / "run",
+        "--condition-key",
+        "condition",
+        "--control",
+        "control",
+        "--dose-key",
+        "dose",
+        "--cell-type-key",
+        "cell_type",
+        "--holdout",
+        "A+B",
+        "--steps",
+        6,
+        "--seed",
+        1,
+        "--config",
+        root / "config.yaml",
+    )
     assert result.returncode == 0, result.stderr
     assert "trained 8 conditions for 6 steps" in result.stdout
     return root
@@ -47,8 +71,19 @@ def test_train_writes_checkpoint_and_config(workspace):
 
 def test_predict_conditions_and_query(workspace):
     out = workspace / "pred.h5ad"
-    result = run_cli("predict", workspace / "run", workspace / "data.h5ad", "--out", out,
-                     "--conditions", "A+B,B", "--dose", 10, "--cell-type", "k2")
+    result = run_cli(
+        "predict",
+        workspace / "run",
+        workspace / "data.h5ad",
+        "--out",
+        out,
+        "--conditions",
+        "A+B,B",
+        "--dose",
+        10,
+        "--cell-type",
+        "k2",
+    )
     assert result.returncode == 0, result.stderr
     pred = ad.read_h5ad(out)
     assert pred.n_obs == 2 * 60 and pred.n_vars == 6
@@ -56,8 +91,15 @@ def test_predict_conditions_and_query(workspace):
     assert set(pred.obs["cell_type"]) == {"k2"} and set(pred.obs["dose"]) == {"10+10", "10"}
     assert np.isfinite(pred.X).all()
     (workspace / "q.csv").write_text("condition,dose,cell_type\nA,1,k1\nA+B,1+10,k2\nB,5,k1\n")
-    result = run_cli("predict", workspace / "run", workspace / "data.h5ad", "--out", out,
-                     "--query", workspace / "q.csv")
+    result = run_cli(
+        "predict",
+        workspace / "run",
+        workspace / "data.h5ad",
+        "--out",
+        out,
+        "--query",
+        workspace / "q.csv",
+    )
     assert result.returncode == 0, result.stderr
     assert ad.read_h5ad(out).obs["condition_id"].nunique() == 3
 
@@ -65,16 +107,74 @@ def test_predict_conditions_and_query(workspace):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "{data}", "--out", "{tmp}/r", "--condition-key", "drug", "--control", "control"],
-         "adata.obs has no column 'drug'"),
-        (["train", "{data}", "--out", "{tmp}/r", "--condition-key", "condition", "--control",
-          "ctrl"], "control label 'ctrl' not found"),
-        (["train", "{tmp}/missing.h5ad", "--out", "{tmp}/r", "--condition-key", "condition",
-          "--control", "control"], "does not exist"),
-        (["train", "{data}", "--out", "{tmp}/r", "--condition-key", "condition", "--control",
-          "control", "--embedding", "nonsense"], "must be KEY=TABLE.csv"),
-        (["predict", "{run}", "{data}", "--out", "{tmp}/p.h5ad", "--conditions", "Z",
-          "--dose", "1"], "perturbation 'Z' was not seen in training"),
+        (
+            [
+                "train",
+                "{data}",
+                "--out",
+                "{tmp}/r",
+                "--condition-key",
+                "drug",
+                "--control",
+                "control",
+            ],
+            "adata.obs has no column 'drug'",
+        ),
+        (
+            [
+                "train",
+                "{data}",
+                "--out",
+                "{tmp}/r",
+                "--condition-key",
+                "condition",
+                "--control",
+                "ctrl",
+            ],
+            "control label 'ctrl' not found",
+        ),
+        (
+            [
+                "train",
+                "{tmp}/missing.h5ad",
+                "--out",
+                "{tmp}/r",
+                "--condition-key",
+                "condition",
+                "--control",
+                "control",
+            ],
+            "does not exist",
+        ),
+        (
+            [
+                "train",
+                "{data}",
+                "--out",
+                "{tmp}/r",
+                "--condition-key",
+                "condition",
+                "--control",
+                "control",
+                "--embedding",
+                "nonsense",
+            ],
+            "must be KEY=TABLE.csv",
+        ),
+        (
+            [
+                "predict",
+                "{run}",
+                "{data}",
+                "--out",
+                "{tmp}/p.h5ad",
+                "--conditions",
+                "Z",
+                "--dose",
+                "1",
+            ],
+            "perturbation 'Z' was not seen in training",
+        ),
         (["predict", "{tmp}", "{data}", "--out", "{tmp}/p.h5ad"], "no checkpoint at"),
     ],
 )

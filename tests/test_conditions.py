@@ -31,8 +31,11 @@ def test_combination_order_is_canonical():
 
 @pytest.mark.parametrize(
     ("dose", "message"),
-    [("-1", "must be a finite number >= 0"), ("abc", "is not a number"),
-     ("1+2+3", "gives 3 doses for 2 perturbations")],
+    [
+        ("-1", "must be a finite number >= 0"),
+        ("abc", "is not a number"),
+        ("1+2+3", "gives 3 doses for 2 perturbations"),
+    ],
 )
 def test_bad_doses_are_named(dose, message):
     with pytest.raises(UnknownConditionError, match=message):

@@ -8,11 +8,17 @@ from condmonge.datasets import l2_uvp, spd_affine_task
 
 def test_recovers_five_spd_affine_maps_in_10d():
     task = spd_affine_task(n_conditions=5, n_features=10, n_cells=1000, seed=0)
-    cfg = cm.Config().updated({
-        "train.steps": 250, "train.conditions_per_step": 5, "train.cells_per_condition": 256,
-        "train.learning_rate": 3e-3, "train.progress": False, "train.patience": None,
-        "loss.sinkhorn_max_iterations": 30,
-    })
+    cfg = cm.Config().updated(
+        {
+            "train.steps": 250,
+            "train.conditions_per_step": 5,
+            "train.cells_per_condition": 256,
+            "train.learning_rate": 3e-3,
+            "train.progress": False,
+            "train.patience": None,
+            "loss.sinkhorn_max_iterations": 30,
+        }
+    )
     model = cm.ConditionalMonge(cfg).fit(task.adata, "condition", "control")
     controls = task.adata[task.adata.obs["condition"] == "control"]
     x = np.asarray(controls.X)

@@ -102,8 +102,9 @@ def fitted():
 
 def test_holdout_not_in_data():
     with pytest.raises(UnknownConditionError, match="'ZZZ' do not occur in the data"):
-        cm.ConditionalMonge(tiny_config()).fit(make_adata(), "condition", "control",
-                                               holdout=["ZZZ"])
+        cm.ConditionalMonge(tiny_config()).fit(
+            make_adata(), "condition", "control", holdout=["ZZZ"]
+        )
 
 
 def test_unknown_perturbation_at_predict(fitted):

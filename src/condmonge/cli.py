@@ -140,7 +140,7 @@ def predict(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 600,
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train on the shipped Norman/McFaline data with combinations held out, and report."""

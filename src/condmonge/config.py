@@ -33,6 +33,12 @@ class DataConfig(_Strict):
     use_rep: str | None = Field(
         default=None, description="obsm key to train on (e.g. 'X_pca'); None uses X."
     )
+    n_pca: int | None = Field(
+        default=None,
+        gt=0,
+        description="train in this many principal components of the training cells; "
+        "predictions are returned in gene space",
+    )
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
 
 
@@ -76,7 +82,7 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(default=100, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     validate_every: int = Field(default=100, gt=0)
-    validation_batches: int = Field(default=2, gt=0)
+    validation_batches: int = Field(default=1, gt=0, description="passes over all conditions")
     patience: int | None = Field(default=10, gt=0, description="evaluations without improvement")
     checkpoint_every: int = Field(default=500, gt=0)
     seed: int = 0

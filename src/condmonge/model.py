@@ -25,6 +25,7 @@ from condmonge.data.anndata_io import (
     feature_names,
     validate_adata,
 )
+from condmonge.data.pca import Projection, fit_pca
 from condmonge.data.prepare import build_pools, label_cells, make_condition, select_conditions
 from condmonge.errors import CheckpointError, DataError, NotFittedError, UnknownConditionError
 from condmonge.models.networks import ConditionalResidualMap
@@ -74,6 +75,7 @@ class ConditionalMonge:
         self.feature_names: list[str] = []
         self.conditions: list[Condition] = []
         self.holdout: list[str] = []
+        self.projection: Projection | None = None
         self.params: Any = None
         self.constants: Any = None
         self.state: TrainState | None = None
@@ -94,8 +96,13 @@ class ConditionalMonge:
 
     def _module(self) -> ConditionalResidualMap:
         m = self.config.model
+        n_features = (
+            len(self.feature_names)
+            if self.projection is None
+            else self.projection.components.shape[1]
+        )
         return ConditionalResidualMap(
-            n_features=len(self.feature_names),
+            n_features=n_features,
             hidden_dim=m.hidden_dim,
             n_layers=m.n_layers,
             condition_dim=m.condition_dim,
@@ -165,17 +172,28 @@ class ConditionalMonge:
         self.holdout = list(holdout)
         self.feature_names = feature_names(adata, cfg.data.use_rep)
         self.encoder = self._make_encoder(cells, embeddings or {})
-        for cond in self.conditions:  # a trained condition with too few cells is still usable
-            n = int(np.sum(cells.condition_of_cell == cells.conditions.index(cond)))
-            if n < cfg.train.cells_per_condition // 4:
-                warnings.warn(
-                    f"condition '{cond.key()}' has {n} cells, fewer than a quarter of "
-                    f"cells_per_condition={cfg.train.cells_per_condition}; its cells are "
-                    "sampled with replacement",
-                    stacklevel=2,
-                )
-                break
+        counts = np.bincount(
+            cells.condition_of_cell[~cells.is_control], minlength=len(cells.conditions)
+        )[train_ids]
+        small = [
+            c.key()
+            for c, n in zip(self.conditions, counts, strict=True)
+            if n < cfg.train.cells_per_condition
+        ]
+        if small:
+            warnings.warn(
+                f"{len(small)} condition(s) have fewer cells than cells_per_condition="
+                f"{cfg.train.cells_per_condition} (e.g. '{small[0]}'); their cells are sampled "
+                "with replacement",
+                stacklevel=2,
+            )
         features = feature_matrix(adata, cfg.data.use_rep)
+        self.projection = None
+        if cfg.data.n_pca is not None:
+            # Fitted on controls and training conditions only: held-out cells stay unseen.
+            in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)
+            self.projection = fit_pca(features[in_training], cfg.data.n_pca)
+            features = self.projection.encode(features)
         train_pools, val_pools = build_pools(
             features, cells, train_ids, cfg.data.validation_fraction, cfg.train.seed
         )
@@ -388,8 +406,19 @@ class ConditionalMonge:
         )
 
     def transport(self, x: np.ndarray, condition: Condition) -> np.ndarray:
-        """Push cells ``x [n, d]`` (model feature order) through ``T(., condition)``."""
+        """Push cells ``x [n, d]`` (model feature order) through ``T(., condition)``.
+
+        With ``data.n_pca`` set, the map acts on the PCA coordinates and the latent displacement
+        is added to each cell in gene space.
+        """
         self._check_fitted()
+        if self.projection is None:
+            return self._map(x, condition)
+        z = self.projection.encode(x)
+        return self.projection.decode_displacement(x, z, self._map(z, condition))
+
+    def _map(self, x: np.ndarray, condition: Condition) -> np.ndarray:
+        """Apply the network to ``x [n, p]`` in its own (possibly latent) space, in chunks."""
         encoded = jax.tree.map(lambda a: jnp.asarray(a[0]), self.encoder.encode([condition]))
         if self._apply is None:
             module = self._module()
@@ -519,6 +548,9 @@ class ConditionalMonge:
         arrays = ckpt.flatten_tree(self.params, "params")
         arrays.update(ckpt.flatten_tree(self.constants, "constants"))
         arrays.update({f"encoder/{k}": v for k, v in enc_arrays.items()})
+        if self.projection is not None:
+            arrays["projection/mean"] = self.projection.mean
+            arrays["projection/components"] = self.projection.components
         meta: dict[str, Any] = {
             "config": self.config.model_dump(mode="json"),
             "feature_names": self.feature_names,
@@ -555,6 +587,10 @@ class ConditionalMonge:
             model.encoder = ConditionEncoder.from_state(meta["encoder"], enc_arrays)
             model.conditions = [_condition_from_json(c) for c in meta["conditions"]]
             model.holdout = list(meta.get("holdout", []))
+            if "projection/components" in arrays:
+                model.projection = Projection(
+                    arrays["projection/mean"], arrays["projection/components"]
+                )
             params = ckpt.unflatten_tree(arrays, "params")
             constants = ckpt.unflatten_tree(arrays, "constants")
         except (KeyError, TypeError) as exc:
@@ -563,7 +599,7 @@ class ConditionalMonge:
         template = jax.eval_shape(
             model._module().init,
             jax.random.PRNGKey(0),
-            jnp.zeros((2, len(model.feature_names))),
+            jnp.zeros((2, model._module().n_features)),
             jax.tree.map(lambda a: a[0], model.encoder.encode(model.conditions[:1])),
         )
         expected = jax.tree.map(lambda a: a.shape, template["params"])

@@ -86,6 +86,11 @@ def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool 
         raise DataError(
             f"adata.var_names has duplicates (e.g. '{dup}'); run `adata.var_names_make_unique()`"
         )
+    if cfg.n_pca is not None and cfg.use_rep is not None:
+        raise DataError(
+            f"set either use_rep ('{cfg.use_rep}') or n_pca ({cfg.n_pca}), not both: n_pca "
+            "computes its own PCA of X"
+        )
     _check_finite(feature_matrix(adata, cfg.use_rep), cfg.use_rep)
 
 

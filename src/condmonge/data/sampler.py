@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from condmonge.conditions.encoding import EncodedConditions
 from condmonge.data.prepare import CellPools
 
-__all__ = ["Batch", "sample_batch"]
+__all__ = ["Batch", "sample_batch", "sample_cells"]
 
 
 class Batch(NamedTuple):
@@ -44,12 +44,24 @@ def sample_batch(
     Shapes depend only on ``n_conditions``, ``n_cells`` and ``d``: one compilation serves every
     condition.
     """
-    rng_c, rng_s, rng_t = jax.random.split(rng, 3)
+    rng_c, rng_cells = jax.random.split(rng)
     n_pool = pools.target_start.shape[0]
     index = jax.random.choice(rng_c, n_pool, (n_conditions,), replace=n_conditions > n_pool)
+    return sample_cells(rng_cells, pools, conditions, index, n_cells)
+
+
+def sample_cells(
+    rng: jax.Array,
+    pools: CellPools,
+    conditions: EncodedConditions,
+    index: jnp.ndarray,
+    n_cells: int,
+) -> Batch:
+    """Draw ``n_cells`` source and target cells (with replacement) for conditions ``index [k]``."""
+    rng_s, rng_t = jax.random.split(rng)
 
     def draw(key, rows, start, count):
-        offset = jax.random.randint(key, (n_conditions, n_cells), 0, count[index][:, None])
+        offset = jax.random.randint(key, (index.shape[0], n_cells), 0, count[index][:, None])
         return pools.features[rows[start[index][:, None] + offset]]
 
     source = draw(rng_s, pools.source_rows, pools.source_start, pools.source_count)

@@ -30,7 +30,7 @@ from rich.progress import (
 from condmonge.conditions.encoding import EncodedConditions
 from condmonge.config import LossConfig, TrainConfig
 from condmonge.data.prepare import CellPools
-from condmonge.data.sampler import sample_batch
+from condmonge.data.sampler import sample_batch, sample_cells
 from condmonge.errors import TrainingError
 from condmonge.models.losses import make_conditional_loss
 
@@ -123,23 +123,34 @@ def make_train_step(
 def make_eval_fn(
     model: nn.Module, loss_cfg: LossConfig, train_cfg: TrainConfig
 ) -> Callable[[Any, Any, CellPools, EncodedConditions, jnp.ndarray], jnp.ndarray]:
-    """Jitted validation loss: mean over ``validation_batches`` batches drawn with a fixed key."""
+    """Jitted validation loss over *every* condition, with cells drawn with a fixed key.
+
+    Conditions are visited in chunks of ``conditions_per_step`` (the last chunk padded and
+    masked), ``validation_batches`` times, so the value is comparable from one call to the next
+    and no condition is left out of early stopping.
+    """
     loss_fn = make_conditional_loss(model.apply, loss_cfg)
+    k = train_cfg.conditions_per_step
 
     @jax.jit
     def evaluate(params, constants, pools, conditions, rng):
-        def one(key):
-            batch = sample_batch(
-                key,
-                pools,
-                conditions,
-                train_cfg.conditions_per_step,
-                train_cfg.cells_per_condition,
-            )
-            return loss_fn(params, constants, batch.source, batch.target, batch.condition)[0]
+        n_pool = pools.target_start.shape[0]
+        n_chunks = -(-n_pool // k)
+        index = jnp.minimum(jnp.arange(n_chunks * k), n_pool - 1).reshape(n_chunks, k)
+        weight = (jnp.arange(n_chunks * k) < n_pool).reshape(n_chunks, k)
 
-        keys = jax.random.split(rng, train_cfg.validation_batches)
-        return jnp.mean(jax.lax.map(one, keys))
+        def one(args):
+            key, idx, w = args
+            batch = sample_cells(key, pools, conditions, idx, train_cfg.cells_per_condition)
+            per_condition = loss_fn(params, constants, batch.source, batch.target, batch.condition)[
+                1
+            ]["per_condition"]
+            return jnp.sum(per_condition * w)
+
+        repeats = train_cfg.validation_batches
+        keys = jax.random.split(rng, repeats * n_chunks)
+        chunks = (keys, jnp.tile(index, (repeats, 1)), jnp.tile(weight, (repeats, 1)))
+        return jnp.sum(jax.lax.map(one, chunks)) / (n_pool * repeats)
 
     return evaluate
 
