@@ -186,3 +186,13 @@ def test_bad_input_exits_2_with_one_line(workspace, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "p.h5ad").exists()
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    result = run_cli("train", tmp_path / "x.h5ad", "--condition-key", "c")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Missing option '--out'" in lines[0]
+    assert "condmonge train --help" in lines[0]
+    result = run_cli("--help")
+    assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout

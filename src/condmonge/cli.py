@@ -156,12 +156,22 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: usage errors, like input errors, are one line and exit code 2."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        # Usage errors (missing option, bad value, unknown command) carry exit code 2; typer
+        # vendors click, so they are recognised by shape rather than by class.
+        if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+        typer.echo(f"error: {exc.format_message()} (see `condmonge{command} --help`)", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
