@@ -154,3 +154,14 @@ def test_pca_is_fitted_without_held_out_cells(adata):
     np.testing.assert_allclose(
         np.abs(model.projection.components), np.abs(fit_pca(kept, 2).components), atol=1e-5
     )
+
+
+def test_predict_all_training_conditions_of_available_cell_types():
+    data = make_adata(cell_types=["k1", "k2"])
+    model = cm.ConditionalMonge(tiny_config()).fit(
+        data, "condition", "control", cell_type_key="cell_type"
+    )
+    only_k2 = data[data.obs.cell_type == "k2"]
+    pred = model.predict(only_k2)
+    assert set(pred.obs["cell_type"]) == {"k2"}
+    assert set(pred.obs["condition"]) == {"A", "B", "A+B"}

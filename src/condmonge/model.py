@@ -338,7 +338,12 @@ class ConditionalMonge:
         d = self.config.data
         if conditions is None:
             if dose is None and cell_type is None:
-                return list(self.conditions)
+                # Every training condition whose cell type has controls in the query.
+                return [
+                    c
+                    for c in self.conditions
+                    if not cell_types_available or c.cell_type in cell_types_available
+                ]
             conditions = sorted({c.label(d.combination_sep) for c in self.conditions})
         if isinstance(conditions, pd.DataFrame):
             return [self._row_condition(row, i) for i, row in conditions.iterrows()]
