@@ -91,13 +91,21 @@ def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool 
             f"set either use_rep ('{cfg.use_rep}') or n_pca ({cfg.n_pca}), not both: n_pca "
             "computes its own PCA of X"
         )
-    _check_finite(feature_matrix(adata, cfg.use_rep), cfg.use_rep)
+    _check_finite(
+        adata.X if cfg.use_rep is None else feature_matrix(adata, cfg.use_rep), cfg.use_rep
+    )
 
 
-def _check_finite(x: np.ndarray, use_rep: str | None) -> None:
-    bad = ~np.isfinite(x)
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+def _check_finite(x, use_rep: str | None) -> None:
+    """Raise on NaN/inf; sparse matrices are checked on their stored values, without a copy."""
+    if x is None:
+        return
+    if sp.issparse(x):
+        coo = x.tocoo()
+        rows = np.unique(coo.row[~np.isfinite(coo.data)])
+    else:
+        rows = np.flatnonzero(~np.isfinite(np.asarray(x)).all(axis=1))
+    if rows.size:
         where = "adata.X" if use_rep is None else f"adata.obsm['{use_rep}']"
         raise DataError(
             f"{where} contains NaN or inf in {rows.size} cells (first at row {rows[0]}); remove "
