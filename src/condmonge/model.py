@@ -311,14 +311,8 @@ class ConditionalMonge:
             opt_state=ckpt.restore_leaves(state.opt_state, arrays, "state/opt_state"),
             rng=jnp.asarray(arrays["state/rng"]),
         )
-        loop = TrainLoopState(
-            best_params=ckpt.restore_leaves(state.params, arrays, "params_leaves"),
-            best_val_loss=float(training["best_val_loss"]),
-            best_step=int(training["best_step"]),
-            evals_since_best=int(training["evals_since_best"]),
-            history=list(training["history"]),
-        )
-        return state, loop
+        best = jax.tree.map(jnp.asarray, ckpt.unflatten_tree(arrays, "params"))
+        return state, _loop_from_meta(training, best)
 
     # ------------------------------------------------------------------ predict
     def _check_fitted(self) -> None:
@@ -566,7 +560,6 @@ class ConditionalMonge:
         if self.state is not None and self.loop is not None:
             arrays.update(ckpt.tree_leaves_arrays(self.state.params, "state/params"))
             arrays.update(ckpt.tree_leaves_arrays(self.state.opt_state, "state/opt_state"))
-            arrays.update(ckpt.tree_leaves_arrays(self.params, "params_leaves"))
             arrays["state/rng"] = np.asarray(jax.device_get(self.state.rng))
             meta["training"] = {
                 "step": int(self.state.step),
@@ -616,14 +609,19 @@ class ConditionalMonge:
         model.params = jax.tree.map(jnp.asarray, params)
         model.constants = jax.tree.map(jnp.asarray, constants)
         if "training" in meta:
-            model.loop = TrainLoopState(
-                best_params=model.params,
-                best_val_loss=float(meta["training"]["best_val_loss"]),
-                best_step=int(meta["training"]["best_step"]),
-                evals_since_best=int(meta["training"]["evals_since_best"]),
-                history=list(meta["training"]["history"]),
-            )
+            model.loop = _loop_from_meta(meta["training"], model.params)
         return model
+
+
+def _loop_from_meta(training: Mapping[str, Any], best_params: Any) -> TrainLoopState:
+    """Early-stopping state saved in a checkpoint's ``training`` header."""
+    return TrainLoopState(
+        best_params=best_params,
+        best_val_loss=float(training["best_val_loss"]),
+        best_step=int(training["best_step"]),
+        evals_since_best=int(training["evals_since_best"]),
+        history=list(training["history"]),
+    )
 
 
 def _condition_to_json(c: Condition) -> dict[str, Any]:
