@@ -104,83 +104,29 @@ def test_predict_conditions_and_query(workspace):
     assert ad.read_h5ad(out).obs["condition_id"].nunique() == 3
 
 
+TRAIN = "train {data} --out {tmp}/r --condition-key"
+
+
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("command", "message"),
     [
+        (f"{TRAIN} drug --control control", "adata.obs has no column 'drug'"),
+        (f"{TRAIN} condition --control ctrl", "control label 'ctrl' not found"),
         (
-            [
-                "train",
-                "{data}",
-                "--out",
-                "{tmp}/r",
-                "--condition-key",
-                "drug",
-                "--control",
-                "control",
-            ],
-            "adata.obs has no column 'drug'",
-        ),
-        (
-            [
-                "train",
-                "{data}",
-                "--out",
-                "{tmp}/r",
-                "--condition-key",
-                "condition",
-                "--control",
-                "ctrl",
-            ],
-            "control label 'ctrl' not found",
-        ),
-        (
-            [
-                "train",
-                "{tmp}/missing.h5ad",
-                "--out",
-                "{tmp}/r",
-                "--condition-key",
-                "condition",
-                "--control",
-                "control",
-            ],
+            "train {tmp}/missing.h5ad --out {tmp}/r --condition-key condition --control control",
             "does not exist",
         ),
+        (f"{TRAIN} condition --control control --embedding nonsense", "must be KEY=TABLE.csv"),
         (
-            [
-                "train",
-                "{data}",
-                "--out",
-                "{tmp}/r",
-                "--condition-key",
-                "condition",
-                "--control",
-                "control",
-                "--embedding",
-                "nonsense",
-            ],
-            "must be KEY=TABLE.csv",
-        ),
-        (
-            [
-                "predict",
-                "{run}",
-                "{data}",
-                "--out",
-                "{tmp}/p.h5ad",
-                "--conditions",
-                "Z",
-                "--dose",
-                "1",
-            ],
+            "predict {run} {data} --out {tmp}/p.h5ad --conditions Z --dose 1",
             "perturbation 'Z' was not seen in training",
         ),
-        (["predict", "{tmp}", "{data}", "--out", "{tmp}/p.h5ad"], "no checkpoint at"),
+        ("predict {tmp} {data} --out {tmp}/p.h5ad", "no checkpoint at"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(workspace, tmp_path, args, message):
+def test_bad_input_exits_2_with_one_line(workspace, tmp_path, command, message):
     fmt = {"data": workspace / "data.h5ad", "tmp": tmp_path, "run": workspace / "run"}
-    result = run_cli(*[a.format(**fmt) for a in args])
+    result = run_cli(*command.format(**fmt).split())
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
