@@ -142,3 +142,49 @@ def test_usage_errors_are_one_line(tmp_path):
     assert "condmonge train --help" in lines[0]
     result = run_cli("--help")
     assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(workspace, tmp_path):
+    import signal
+    import time
+
+    config = dict(CONFIG, train=dict(CONFIG["train"], checkpoint_every=5, steps=100000))
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
+    args = [
+        "train",
+        workspace / "data.h5ad",
+        "--out",
+        tmp_path / "run",
+        "--condition-key",
+        "condition",
+        "--control",
+        "control",
+        "--config",
+        tmp_path / "long.yaml",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "condmonge.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = tmp_path / "run" / "model.safetensors"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted at step" in stderr and "continue with --resume" in stderr
+    assert "Traceback" not in stderr
+    import condmonge as cm
+
+    saved = cm.ConditionalMonge.load(tmp_path / "run")
+    saved_step = saved.loop.history[-1]["step"] if saved.loop.history else 0
+    assert saved_step >= 5
+    config["train"]["steps"] = saved_step + 3
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli(*args, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert f"for {saved_step + 3} steps" in result.stdout

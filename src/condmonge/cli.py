@@ -63,6 +63,7 @@ def train(
     """Train a conditional Monge-gap map and write a checkpoint to --out."""
     from condmonge.config import Config, load_config
     from condmonge.data.anndata_io import read_h5ad
+    from condmonge.errors import TrainingInterrupted
     from condmonge.model import ConditionalMonge
 
     try:
@@ -93,6 +94,9 @@ def train(
             f"(best validation loss {model.loop.best_val_loss:.4g} at step "
             f"{model.loop.best_step}); checkpoint in {out}"
         )
+    except TrainingInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=130) from None
     except CondMongeError as exc:
         _fail(str(exc))
 

@@ -18,6 +18,7 @@ __all__ = [
     "UnknownConditionError",
     "NotFittedError",
     "TrainingError",
+    "TrainingInterrupted",
     "suggest",
 ]
 
@@ -44,6 +45,10 @@ class CheckpointError(CondMongeError):
 
 class TrainingError(CondMongeError):
     """Training cannot go on (e.g. a non-finite loss)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C (SIGINT); the last completed step was checkpointed."""
 
 
 class NotFittedError(CondMongeError):

@@ -31,7 +31,7 @@ from condmonge.conditions.encoding import EncodedConditions
 from condmonge.config import LossConfig, TrainConfig
 from condmonge.data.prepare import CellPools
 from condmonge.data.sampler import sample_batch, sample_cells
-from condmonge.errors import TrainingError
+from condmonge.errors import TrainingError, TrainingInterrupted
 from condmonge.models.losses import make_conditional_loss
 
 __all__ = [
@@ -197,62 +197,71 @@ def train_loop(
         task = bar.add_task(
             "train", total=cfg.steps, completed=start_step, loss="-", val="-", rate="-"
         )
-        for step in range(start_step + 1, cfg.steps + 1):
-            previous = state
-            state, metrics = step_fn(state, train_pools, conditions)
-            done_validating = step % cfg.validate_every == 0 or step == cfg.steps
-            if step % log_every == 0 or done_validating:
-                loss = float(metrics["loss"])
-                if not np.isfinite(loss):
-                    per = np.asarray(metrics["per_condition"])
-                    idx = np.asarray(metrics["condition_index"])
-                    bad = [
-                        condition_names[i]
-                        for i, v in zip(idx, per, strict=True)
-                        if not np.isfinite(v)
-                    ]
-                    if checkpoint_fn is not None:
-                        checkpoint_fn(previous, loop)
-                    raise TrainingError(
-                        f"non-finite loss at step {step} (condition(s): "
-                        f"{', '.join(bad[:3]) or 'unknown'}); lower train.learning_rate or check "
-                        "the data of these conditions; the last good checkpoint was kept"
-                    )
-                now = time.perf_counter()
-                rate = f"{(step - last_logged[1]) / max(now - last_logged[0], 1e-9):.1f}"
-                last_logged = (now, step)
-                record = {
-                    "step": step,
-                    "loss": loss,
-                    "fit": float(metrics["fit"]),
-                    "monge_gap": float(metrics["monge_gap"]),
-                    "steps_per_s": float(rate),
-                }
-                bar.update(task, completed=step, loss=f"{loss:.4g}", rate=rate)
-                if done_validating:
-                    val = float(
-                        eval_fn(state.params, state.constants, val_pools, conditions, val_rng)
-                    )
-                    record["val_loss"] = val
-                    bar.update(task, val=f"{val:.4g}")
-                    if val < loop.best_val_loss:
-                        loop = loop.replace(
-                            best_params=state.params,
-                            best_val_loss=val,
-                            best_step=step,
-                            evals_since_best=0,
+        try:
+            for step in range(start_step + 1, cfg.steps + 1):
+                previous = state
+                state, metrics = step_fn(state, train_pools, conditions)
+                done_validating = step % cfg.validate_every == 0 or step == cfg.steps
+                if step % log_every == 0 or done_validating:
+                    loss = float(metrics["loss"])
+                    if not np.isfinite(loss):
+                        per = np.asarray(metrics["per_condition"])
+                        idx = np.asarray(metrics["condition_index"])
+                        bad = [
+                            condition_names[i]
+                            for i, v in zip(idx, per, strict=True)
+                            if not np.isfinite(v)
+                        ]
+                        if checkpoint_fn is not None:
+                            checkpoint_fn(previous, loop)
+                        raise TrainingError(
+                            f"non-finite loss at step {step} (condition(s): "
+                            f"{', '.join(bad[:3]) or 'unknown'}); lower train.learning_rate or "
+                            "check the data of these conditions; the last good checkpoint was kept"
                         )
-                    else:
-                        loop = loop.replace(evals_since_best=loop.evals_since_best + 1)
-                loop.history.append(record)
-                if done_validating and cfg.patience and loop.evals_since_best >= cfg.patience:
-                    bar.update(task, completed=step)
-                    if checkpoint_fn is not None:
-                        checkpoint_fn(state, loop)
-                    break
-            if checkpoint_fn is not None and step % cfg.checkpoint_every == 0:
+                    now = time.perf_counter()
+                    rate = f"{(step - last_logged[1]) / max(now - last_logged[0], 1e-9):.1f}"
+                    last_logged = (now, step)
+                    record = {
+                        "step": step,
+                        "loss": loss,
+                        "fit": float(metrics["fit"]),
+                        "monge_gap": float(metrics["monge_gap"]),
+                        "steps_per_s": float(rate),
+                    }
+                    bar.update(task, completed=step, loss=f"{loss:.4g}", rate=rate)
+                    if done_validating:
+                        val = float(
+                            eval_fn(state.params, state.constants, val_pools, conditions, val_rng)
+                        )
+                        record["val_loss"] = val
+                        bar.update(task, val=f"{val:.4g}")
+                        if val < loop.best_val_loss:
+                            loop = loop.replace(
+                                best_params=state.params,
+                                best_val_loss=val,
+                                best_step=step,
+                                evals_since_best=0,
+                            )
+                        else:
+                            loop = loop.replace(evals_since_best=loop.evals_since_best + 1)
+                    loop.history.append(record)
+                    if done_validating and cfg.patience and loop.evals_since_best >= cfg.patience:
+                        bar.update(task, completed=step)
+                        if checkpoint_fn is not None:
+                            checkpoint_fn(state, loop)
+                        break
+                if checkpoint_fn is not None and step % cfg.checkpoint_every == 0:
+                    checkpoint_fn(state, loop)
+            else:
+                if checkpoint_fn is not None and int(state.step) % cfg.checkpoint_every != 0:
+                    checkpoint_fn(state, loop)
+        except KeyboardInterrupt:
+            # Ctrl-C: `state` is the last completed step (an interrupted step never assigns).
+            if checkpoint_fn is not None:
                 checkpoint_fn(state, loop)
-        else:
-            if checkpoint_fn is not None and int(state.step) % cfg.checkpoint_every != 0:
-                checkpoint_fn(state, loop)
+            raise TrainingInterrupted(
+                f"interrupted at step {int(state.step)}"
+                + ("; checkpoint saved, continue with --resume" if checkpoint_fn else "")
+            ) from None
     return state, loop
