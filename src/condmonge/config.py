@@ -49,7 +49,9 @@ class ModelConfig(_Strict):
     n_layers: int = Field(default=4, gt=0)
     condition_dim: int = Field(default=64, gt=0)
     perturbation_hidden_dim: int = Field(default=64, gt=0)
-    pooling: Literal["mean", "sum"] = "mean"
+    # Sum pooling is the additive prior for combinations (embedding of A+B = phi(A) + phi(B));
+    # on the demo's held-out pairs it gave mean-delta R² 0.51-0.53 vs 0.35-0.41 for mean (2 seeds).
+    pooling: Literal["mean", "sum"] = "sum"
 
 
 class LossConfig(_Strict):

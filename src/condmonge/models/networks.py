@@ -31,7 +31,7 @@ class PerturbationSetEncoder(nn.Module):
 
     hidden_dim: int
     out_dim: int
-    pooling: str = "mean"
+    pooling: str = "sum"
 
     @nn.compact
     def __call__(self, features: jnp.ndarray, log_dose: jnp.ndarray, mask: jnp.ndarray):
@@ -50,7 +50,7 @@ class ConditionEmbedding(nn.Module):
 
     condition_dim: int
     hidden_dim: int
-    pooling: str = "mean"
+    pooling: str = "sum"
 
     @nn.compact
     def __call__(self, condition: EncodedConditions) -> jnp.ndarray:
@@ -74,7 +74,7 @@ class ConditionalResidualMap(nn.Module):
     n_layers: int = 4
     condition_dim: int = 64
     perturbation_hidden_dim: int = 64
-    pooling: str = "mean"
+    pooling: str = "sum"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, condition: EncodedConditions) -> jnp.ndarray:
