@@ -165,3 +165,23 @@ def test_predict_all_training_conditions_of_available_cell_types():
     pred = model.predict(only_k2)
     assert set(pred.obs["cell_type"]) == {"k2"}
     assert set(pred.obs["condition"]) == {"A", "B", "A+B"}
+
+
+def test_checkpoint_from_another_format_version_is_refused(tmp_path):
+    from safetensors.numpy import save_file
+
+    header = {
+        "format": "condmonge-checkpoint",
+        "format_version": "999",
+        "condmonge_version": "9.9.9",
+        "meta": "{}",
+    }
+    save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / "model.safetensors"), metadata=header)
+    with pytest.raises(cm.errors.CheckpointError) as exc:
+        cm.ConditionalMonge.load(tmp_path)
+    message = str(exc.value)
+    assert "format version 999 (condmonge 9.9.9)" in message
+    assert f"reads version {cm._version.CHECKPOINT_VERSION}" in message
+    save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(cm.errors.CheckpointError, match="not a condmonge checkpoint"):
+        cm.ConditionalMonge.load(tmp_path)

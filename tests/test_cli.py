@@ -148,7 +148,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(workspace, tmp_path):
     import signal
     import time
 
-    config = dict(CONFIG, train=dict(CONFIG["train"], checkpoint_every=5, steps=100000))
+    config = dict(
+        CONFIG, train=dict(CONFIG["train"], checkpoint_every=5, steps=100000, patience=None)
+    )
     (tmp_path / "long.yaml").write_text(yaml.safe_dump(config))
     args = [
         "train",
@@ -162,11 +164,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(workspace, tmp_path):
         "--config",
         tmp_path / "long.yaml",
     ]
+    # A shell that started this run in the background may have set SIGINT to "ignore", which
+    # children inherit; restore the default so the child gets a real Ctrl-C.
     proc = subprocess.Popen(
         [sys.executable, "-m", "condmonge.cli", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = tmp_path / "run" / "model.safetensors"
     deadline = time.time() + 120
