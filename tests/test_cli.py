@@ -165,13 +165,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(workspace, tmp_path):
         tmp_path / "long.yaml",
     ]
     # A shell that started this run in the background may have set SIGINT to "ignore", which
-    # children inherit; restore the default so the child gets a real Ctrl-C.
+    # children inherit; the child restores Python's Ctrl-C handler before running the CLI
+    # (no preexec_fn: forking a process that runs JAX threads is unsafe).
+    child = (
+        "import signal, runpy, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['condmonge', *sys.argv[1:]]; "
+        "runpy.run_module('condmonge.cli', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "condmonge.cli", *map(str, args)],
+        [sys.executable, "-c", child, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     checkpoint = tmp_path / "run" / "model.safetensors"
     deadline = time.time() + 120
