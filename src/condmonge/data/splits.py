@@ -248,7 +248,8 @@ def random_split(
 
     Stratified by condition (label, dose and cell type): a condition with ``n >= 2`` cells puts
     ``fraction * n`` of them (rounded half up), at least one and at most ``n - 1``, in test; a
-    condition with one cell stays in train. Every condition of the test side is thus seen in training.
+    condition with one cell stays in train. Every condition of the test side is thus seen in
+    training.
     """
     cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
     fraction = _check_fraction(fraction, "fraction")
