@@ -670,7 +670,7 @@ def make_split(
         split = function(adata, holdout, **frac, **common)
     if key_added is not None:
         split = split.rename(key_added)
-        adata.obs[key_added] = split
+        adata.obs[key_added] = split.array  # positional: robust to duplicate obs_names
         record = {"kind": kind, "seed": int(seed), "control_test_fraction": control_test_fraction}
         record.update(condition_key=condition_key, control=control, sep=sep)
         if dose_key is not None:
