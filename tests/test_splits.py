@@ -168,7 +168,7 @@ def test_split_summary_counts(data):
         ("random", {"fraction": 1.5}, ConfigError, "strictly between 0 and 1"),
         ("random", {"holdout": ["A"]}, ConfigError, "takes no holdout"),
         ("kfold", {"n_folds": 4}, DataError, "3 perturbations, too few for 4 folds"),
-        ("kfold", {"fold": 5}, ConfigError, "fold must be"),
+        ("kfold", {"n_folds": 3, "fold": 3}, ConfigError, "fold must be"),
         ("perturbation", {"holdout": ["A", "B", "C"]}, DataError, "no treated cells in train"),
     ],
 )
@@ -283,3 +283,16 @@ def test_kfold_folds_partition_any_perturbation_set(n, n_folds, seed):
     sizes = [len(f) for f in folds]
     assert len(folds) == n_folds and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
     assert perturbation_folds(adata, n_folds, seed=seed) == folds
+
+
+def test_split_column_never_overwrites_an_input_column(data):
+    with pytest.raises(ConfigError, match="would overwrite"):
+        make_split(data, "random", key_added="cell_type", **KEYS)
+    assert "train" not in set(data.obs["cell_type"])
+
+
+def test_duplicate_obs_names_are_written_positionally():
+    adata = obs_adata([("control", "k", 0, 4), ("A", "k", 1, 3), ("B", "k", 1, 3)])
+    adata.obs_names = ["x"] * adata.n_obs
+    split = make_split(adata, "condition", holdout=["A"])
+    assert (adata.obs["split"].to_numpy() == split.to_numpy()).all()

@@ -17,8 +17,8 @@ Conventions shared by every kind:
 - **Perturbation-out** holds out *every* condition whose perturbation set contains a held-out
   perturbation: all its doses, cell types and combinations. K-fold over perturbations uses the
   same rule for the perturbations of one fold.
-- **Seeded.** The same data, arguments and ``seed`` give the same split; random choices are made
-  over sorted names, so they do not depend on the order of the cells.
+- **Seeded.** The same data, arguments and ``seed`` give the same split. Held-out names are drawn
+  from sorted lists, so which conditions are held out does not depend on the order of the cells.
 - Both sides must keep treated cells; a split that would leave one side without any is an
   error, as is a held-out name that does not occur in the data (with a "did you mean").
 """
@@ -255,8 +255,11 @@ def random_split(
     fraction = _check_fraction(fraction, "fraction")
     rng = _rng(seed, 1)
     test = np.zeros(len(cells.obs_names), bool)
-    for cid in range(len(cells.conditions)):
-        rows = np.flatnonzero(cells.condition_of_cell == cid)
+    order = np.argsort(cells.condition_of_cell, kind="stable")
+    ids = np.arange(len(cells.conditions))
+    bounds = np.searchsorted(cells.condition_of_cell[order], np.r_[ids, ids[-1:] + 1])
+    for cid in ids:
+        rows = order[bounds[cid] : bounds[cid + 1]]
         if rows.size < 2:
             continue
         n_test = _count(fraction, rows.size)
@@ -396,10 +399,11 @@ def kfold_split(
     The folds (:func:`perturbation_folds`) partition the perturbations; a combination whose
     perturbations fall in two folds is in test for both.
     """
-    if not isinstance(fold, int | np.integer) or not 0 <= fold < max(int(n_folds), 1):
-        raise ConfigError(f"fold must be an integer in [0, {n_folds}), got {fold!r}")
     cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    names = _folds(cells.perturbations(), n_folds, seed)[fold]
+    folds = _folds(cells.perturbations(), n_folds, seed)
+    if not isinstance(fold, int | np.integer) or not 0 <= fold < n_folds:
+        raise ConfigError(f"fold must be an integer in [0, {n_folds}), got {fold!r}")
+    names = folds[fold]
     test = cells.cells_of(_perturbations_out(cells, names))
     return _finish(cells, test, control_test_fraction, seed)
 
@@ -649,6 +653,11 @@ def make_split(
         "control_test_fraction": control_test_fraction,
         "seed": seed,
     }
+    if key_added is not None and key_added in (condition_key, dose_key, cell_type_key):
+        raise ConfigError(
+            f"key_added '{key_added}' would overwrite the obs column it is read from; pick "
+            "another name (e.g. 'split')"
+        )
     if kind in ("random", "kfold") and holdout is not None and _as_list(holdout):
         raise ConfigError(f"a '{kind}' split takes no holdout; drop it (or use another kind)")
     if kind in ("dose", "kfold") and fraction is not None:
