@@ -690,7 +690,7 @@ def make_split(
             record["fraction"] = float(fraction)
         if kind == "kfold":
             record.update(n_folds=int(n_folds), fold=int(fold))
-        if holdout is not None:
+        if holdout is not None and (isinstance(holdout, Mapping) or _as_list(holdout)):
             items = (
                 [f"{k}={v}" for k, vs in holdout.items() for v in _as_list(vs)]
                 if isinstance(holdout, Mapping)
