@@ -142,6 +142,71 @@ def predict(
 
 
 @app.command()
+def split(
+    data: Annotated[Path, typer.Argument(help="Data to split (.h5ad).")],
+    out: Annotated[Path, typer.Option("--out", help="The data with the split column (.h5ad).")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="random | condition | perturbation | dose | combination | cell_type | kfold."
+        ),
+    ] = "random",
+    condition_key: Annotated[str, typer.Option(help="obs column of conditions.")] = "condition",
+    control: Annotated[str, typer.Option(help="Label of control cells.")] = "control",
+    dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
+    cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    holdout: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="What to hold out (repeatable): conditions (A+B), perturbations, cell types, "
+            "doses (10, or A=10 for one drug). Default: a random --fraction."
+        ),
+    ] = None,
+    fraction: Annotated[
+        float | None, typer.Option(help="Random fraction held out (cells for random).")
+    ] = None,
+    fold: Annotated[int, typer.Option(help="Fold held out (kfold).")] = 0,
+    n_folds: Annotated[int, typer.Option(help="Folds over perturbations (kfold).")] = 5,
+    control_test_fraction: Annotated[
+        float, typer.Option(help="Control cells of each cell type put in test.")
+    ] = 0.25,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    key_added: Annotated[str, typer.Option(help="obs column to write.")] = "split",
+) -> None:
+    """Add a train/test split column to DATA's obs and write it to --out."""
+    from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
+    from condmonge.data.splits import make_split, split_summary
+
+    try:
+        adata = read_h5ad(data)
+        make_split(
+            adata,
+            kind,
+            holdout=holdout or None,
+            fraction=fraction,
+            n_folds=n_folds,
+            fold=fold,
+            condition_key=condition_key,
+            control=control,
+            dose_key=dose_key,
+            cell_type_key=cell_type_key,
+            control_test_fraction=control_test_fraction,
+            seed=seed,
+            key_added=key_added,
+        )
+        summary = split_summary(adata, key_added)
+        write_h5ad_atomic(adata, out)
+    except CondMongeError as exc:
+        _fail(str(exc))
+    for side, row in summary.iterrows():
+        typer.echo(
+            f"{side}: {row.cells} cells ({row.control_cells} control), {row.conditions} "
+            f"conditions" + (f", {row.unseen} unseen in train" if side == "test" else "")
+        )
+    typer.echo(f"wrote obs['{key_added}'] ({kind}) to {out}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
     steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,

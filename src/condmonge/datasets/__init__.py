@@ -6,9 +6,22 @@ from importlib import resources
 
 import anndata as ad
 
-from condmonge.datasets.synthetic import AffineTask, l2_uvp, spd_affine_task
+from condmonge.datasets.synthetic import (
+    AffineTask,
+    ConvexTask,
+    convex_task,
+    l2_uvp,
+    spd_affine_task,
+)
 
-__all__ = ["AffineTask", "l2_uvp", "norman_mcfaline", "spd_affine_task"]
+__all__ = [
+    "AffineTask",
+    "ConvexTask",
+    "convex_task",
+    "l2_uvp",
+    "norman_mcfaline",
+    "spd_affine_task",
+]
 
 _NORMAN = "norman2019_mcfaline2023_perturbench_devel.h5ad"
 
