@@ -18,6 +18,7 @@ Names say which variant is computed, because published "R²" values differ by va
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -393,6 +394,17 @@ def _pad(arrays: Sequence[np.ndarray], size: int, rng: np.random.Generator):
     return out, w
 
 
+@functools.lru_cache(maxsize=8)
+def _batched_metrics(de_sizes: tuple[int, ...], epsilon: float, iterations: int):
+    # Cached so that every method and every call with the same shapes reuses one compilation.
+    def one(*args):
+        return population_metrics(
+            *args, de_sizes=de_sizes, sinkhorn_epsilon=epsilon, sinkhorn_iterations=iterations
+        )
+
+    return jax.jit(jax.vmap(one))
+
+
 def evaluate_populations(
     predictions: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -439,16 +451,7 @@ def evaluate_populations(
         extra = np.repeat(arr[-1:], pad_to - k, axis=0)
         return np.concatenate([arr, extra]).reshape(n_chunks, chunk, *arr.shape[1:])
 
-    fn = jax.jit(
-        jax.vmap(
-            lambda *args: population_metrics(
-                *args,
-                de_sizes=de_sizes,
-                sinkhorn_epsilon=sinkhorn_epsilon,
-                sinkhorn_iterations=sinkhorn_iterations,
-            )
-        )
-    )
+    fn = _batched_metrics(tuple(de_sizes), float(sinkhorn_epsilon), int(sinkhorn_iterations))
     results = [
         jax.device_get(fn(*(jnp.asarray(pad_conditions(arr)[i]) for arr in (p, t, c, a, b, w))))
         for i in range(n_chunks)
