@@ -5,7 +5,7 @@ Conditional Monge Gap (Harsanyi et al. 2025) and predicts responses to seen and 
 conditions (drugs, doses, combinations, cell types).
 """
 
-from condmonge import errors
+from condmonge import datasets, errors
 from condmonge._version import __version__
 from condmonge.conditions.spec import Condition
 from condmonge.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig, load_config
@@ -20,6 +20,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "__version__",
+    "datasets",
     "errors",
     "load_config",
 ]

@@ -1,4 +1,4 @@
-"""Command-line interface: ``condmonge train | predict | demo``.
+"""Command-line interface: ``condmonge train | predict | split | evaluate | experiment | demo``.
 
 Every error caused by input exits with code 2 and one line on stderr; no traceback.
 """
@@ -206,6 +206,107 @@ def split(
     typer.echo(f"wrote obs['{key_added}'] ({kind}) to {out}")
 
 
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+@app.command()
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(help="Predicted cells (.h5ad from `predict`).")],
+    truth: Annotated[
+        Path, typer.Argument(help="Observed treated cells of the same conditions + controls.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Metrics (.json).")],
+    condition_key: Annotated[
+        str | None, typer.Option(help="obs column of conditions (default: the model's).")
+    ] = None,
+    control: Annotated[str | None, typer.Option(help="Label of control cells.")] = None,
+    dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
+    cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    max_cells: Annotated[int, typer.Option(help="Subsample populations to this size.")] = 500,
+    csv: Annotated[Path | None, typer.Option(help="Also write the per-condition table.")] = None,
+) -> None:
+    """Score predictions against observed cells: per-condition and aggregate metrics."""
+    import json
+
+    from condmonge.config import DataConfig
+    from condmonge.data.anndata_io import read_h5ad
+    from condmonge.evaluate.evaluation import evaluate_prediction
+    from condmonge.evaluate.report import HEADLINE_METRICS, metric_columns, to_markdown
+
+    try:
+        pred = read_h5ad(prediction)
+        observed = read_h5ad(truth)
+        # Column names default to those the model was trained with (stored in predictions).
+        stored: dict[str, Any] = {}
+        meta = pred.uns.get("condmonge", {})
+        if isinstance(meta, dict) and "config" in meta:
+            stored = json.loads(meta["config"]).get("data", {})
+        given = {
+            "condition_key": condition_key,
+            "control": control,
+            "dose_key": dose_key,
+            "cell_type_key": cell_type_key,
+        }
+        keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
+        cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
+        for key in (cfg.condition_key, cfg.dose_key, cfg.cell_type_key):
+            if key and key not in observed.obs:
+                raise DataError(
+                    f"the truth has no obs column '{key}'; pass the matching --*-key options"
+                )
+        table = evaluate_prediction(pred, observed, cfg, method="prediction", max_cells=max_cells)
+    except CondMongeError as exc:
+        _fail(str(exc))
+    metrics = metric_columns(table)
+    aggregate = {
+        m: {"mean": float(table[m].mean()), "sd": float(table[m].std(ddof=0))} for m in metrics
+    }
+    per_condition = {
+        key: {m: (None if row[m] != row[m] else float(row[m])) for m in metrics}
+        for key, row in table.iterrows()
+    }
+    record = {
+        "prediction": str(prediction),
+        "truth": str(truth),
+        "n_conditions": len(table),
+        "aggregate": aggregate,
+        "per_condition": per_condition,
+    }
+    _write_text_atomic(out, json.dumps(record, indent=2))
+    if csv is not None:
+        _write_text_atomic(csv, table.to_csv(index_label="condition"))
+    from condmonge.evaluate.report import summarize
+
+    typer.echo(to_markdown(summarize(table), HEADLINE_METRICS))
+    typer.echo(f"wrote metrics of {len(table)} conditions to {out}")
+
+
+@app.command()
+def experiment(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (split, baselines, model).")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory for the report.")],
+) -> None:
+    """Split → train → predict → evaluate the model and every baseline → DIR/report.md."""
+    from condmonge.evaluate.experiment import load_experiment_config, run_experiment
+    from condmonge.evaluate.report import to_markdown
+
+    try:
+        cfg = load_experiment_config(config)
+        result = run_experiment(cfg, out, config_dir=config.parent)
+    except CondMongeError as exc:
+        _fail(str(exc))
+    typer.echo(to_markdown(result.summary))
+    typer.echo(f"report: {out / 'report.md'}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
@@ -221,7 +322,7 @@ def demo(
     except CondMongeError as exc:
         _fail(str(exc))
     typer.echo(to_markdown(summary))
-    typer.echo(f"report: {out / 'metrics.md'}, {out / 'metrics.png'}")
+    typer.echo(f"report: {out / 'report.md'}")
 
 
 def main() -> None:

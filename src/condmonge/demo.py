@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from condmonge.config import Config
-from condmonge.data.anndata_io import feature_matrix, write_h5ad_atomic
-from condmonge.data.prepare import make_condition
-from condmonge.datasets import norman_mcfaline
-from condmonge.evaluate import baselines
-from condmonge.evaluate.report import evaluate_methods, plot_summary, summarize, to_markdown
-from condmonge.model import ConditionalMonge
+from condmonge.evaluate.experiment import (
+    ExperimentConfig,
+    experiment_config_from_dict,
+    run_experiment,
+)
 
-__all__ = ["DEMO_HOLDOUT", "demo_config", "run_demo"]
+__all__ = ["DEMO_BASELINES", "DEMO_HOLDOUT", "demo_config", "demo_experiment", "run_demo"]
 
 # Combinations whose two single perturbations are both measured (in K562), so that the
 # additive baseline is defined and the task is "unseen pair of seen perturbations".
@@ -49,68 +44,36 @@ def demo_config(steps: int = 1500, seed: int = 0, progress: bool = True) -> Conf
     )
 
 
+DEMO_BASELINES = ("identity", "mean_shift", "additive", "linear")
+
+
+def demo_experiment(steps: int = 1500, seed: int = 0, progress: bool = True) -> ExperimentConfig:
+    """The demo as an experiment: combination-out split of :data:`DEMO_HOLDOUT`.
+
+    The per-condition Monge gap baseline is left out to keep the demo short; ``condmonge
+    experiment`` runs it.
+    """
+    return experiment_config_from_dict(
+        {
+            "dataset": "norman_mcfaline",
+            "split": {"kind": "combination", "holdout": list(DEMO_HOLDOUT), "seed": seed},
+            "baselines": list(DEMO_BASELINES),
+            "model": demo_config(steps, seed, progress).model_dump(mode="json"),
+        },
+        "demo",
+    )
+
+
 def run_demo(
     out: str | Path = "demo_out", steps: int = 1500, seed: int = 0, progress: bool = True
 ) -> pd.DataFrame:
     """Train with :data:`DEMO_HOLDOUT` held out, predict them in K562, write the report.
 
-    Writes to ``out``: ``model/`` (checkpoint), ``predictions.h5ad``, ``metrics.csv`` (per
-    condition), ``metrics.md`` (mean ± sd over conditions), ``metrics.png`` and
-    ``summary.json``. Returns the summary table.
+    Writes to ``out`` what :func:`~condmonge.evaluate.experiment.run_experiment` writes
+    (``report.md``, ``per_condition.csv``, ``summary.csv``, ``summary.json``, figures,
+    ``predictions.h5ad``, ``model/``). Returns the summary table (mean and sd per method).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    adata = norman_mcfaline()
-    cfg = demo_config(steps, seed, progress)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Known for this data set (46-100 cells per condition): sampling with replacement.
-        warnings.filterwarnings("ignore", message=".*sampled with replacement")
-        model = ConditionalMonge(cfg).fit(adata, holdout=DEMO_HOLDOUT, checkpoint_dir=out / "model")
-    train_seconds = time.perf_counter() - start
-
-    obs = adata.obs
-    x = feature_matrix(adata)
-    in_k562 = (obs["cell_type"] == "k562").to_numpy()
-    is_ctrl = (obs["condition"] == "control").to_numpy()
-    control = x[in_k562 & is_ctrl]
-    pred = model.predict(adata[in_k562 & is_ctrl], list(DEMO_HOLDOUT), cell_type="k562")
-    write_h5ad_atomic(pred, out / "predictions.h5ad")
-
-    shifts = {}
-    for name in pd.unique(obs["condition"]):
-        mask = in_k562 & (obs["condition"] == name).to_numpy()
-        if "+" not in name and name != "control" and mask.any():
-            shifts[(name, "k562")] = x[mask].mean(0) - control.mean(0)
-    predictions: dict[str, dict[str, np.ndarray]] = {
-        "condmonge": {},
-        "additive": {},
-        "identity": {},
-    }
-    truth, controls = {}, {}
-    for label in DEMO_HOLDOUT:
-        cond = make_condition(label, 1.0, "k562")
-        truth[label] = x[in_k562 & (obs["condition"] == label).to_numpy()]
-        controls[label] = control
-        predictions["condmonge"][label] = np.asarray(pred[pred.obs["condition"] == label].X)
-        predictions["additive"][label] = baselines.additive_shift(control, cond, shifts)
-        predictions["identity"][label] = baselines.identity(control)
-    long = evaluate_methods(predictions, truth, controls)
-    summary = summarize(long)
-    long.to_csv(out / "metrics.csv", index=False)
-    (out / "metrics.md").write_text(
-        f"# condmonge demo: {len(DEMO_HOLDOUT)} held-out combinations (K562)\n\n"
-        f"Held out: {', '.join(DEMO_HOLDOUT)}. Mean ± sd over conditions.\n\n"
-        + to_markdown(summary)
+    result = run_experiment(
+        demo_experiment(steps, seed, progress), out, log=print if progress else None
     )
-    plot_summary(long, out / "metrics.png")
-    steps_done = int(model.state.step)
-    record = {
-        "held_out": list(DEMO_HOLDOUT),
-        "train_seconds": round(train_seconds, 1),
-        "steps": steps_done,
-        "steps_per_second": round(steps_done / train_seconds, 2),
-        "summary": json.loads(summary.to_json(orient="index")),
-    }
-    (out / "summary.json").write_text(json.dumps(record, indent=2))
-    return summary
+    return result.summary
