@@ -51,7 +51,8 @@ def _held_out(adata):
 
 
 @pytest.mark.parametrize(
-    ("method", "infer"), [("mean_shift", "knn"), ("mean_shift", "ridge"), ("energy_mds", "knn")]
+    ("method", "infer"),
+    [("mean_shift", "knn"), ("mean_shift", "ridge"), ("energy_mds", "knn"), ("ot_mds", "ridge")],
 )
 def test_held_out_cells_never_influence_the_embedding(task, method, infer):
     effect, full = _pipeline(task.adata, method, infer)
@@ -159,3 +160,10 @@ def test_effect_embedding_errors(task):
         effect_embedding(task.adata, "condition", "DMSO", train_conditions=SEEN, **kwargs)
     with pytest.raises(DataError, match="obs has no condition column"):
         effect_embedding(task.adata, "drug", "control", train_conditions=SEEN, **kwargs)
+    no_b_controls = task.adata[
+        ~((task.adata.obs.condition == "control") & (task.adata.obs.cell_type == "B")).to_numpy()
+    ]
+    with pytest.raises(DataError, match="type 'B' but that type has no control cells"):
+        effect_embedding(
+            no_b_controls, "condition", "control", train_conditions=SEEN, n_components=4, **kwargs
+        )
