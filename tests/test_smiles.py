@@ -172,3 +172,27 @@ def test_sciplex_smiles_table():
         table = sm.smiles_embedding(series, "descriptors", n_components=10, control="control")
     assert table.shape == (187, 10)
     assert np.isfinite(table.to_numpy()).all()
+
+
+def test_parse_smiles_spec(tmp_path):
+    assert sm.parse_smiles_spec("drugs.csv") is None
+    assert sm.parse_smiles_spec("smiles_table.csv") is None
+    spec = sm.parse_smiles_spec("smiles:data/drugs.csv")
+    assert spec == sm.SmilesSpec("data/drugs.csv")
+    spec = sm.parse_smiles_spec("smiles,kind=both,pca=3,bits=64:C:/x/drugs.csv")
+    assert (spec.path, spec.kind, spec.n_components, spec.n_bits) == (
+        "C:/x/drugs.csv",
+        "both",
+        3,
+        64,
+    )
+    with pytest.raises(ConfigError, match="unknown SMILES embedding option 'pcs'"):
+        sm.parse_smiles_spec("smiles,pcs=3:drugs.csv")
+    with pytest.raises(ConfigError, match="kind"):
+        sm.parse_smiles_spec("smiles,kind=maccs:drugs.csv")
+    with pytest.raises(ConfigError, match="must be smiles:PATH"):
+        sm.parse_smiles_spec("smiles,pca:drugs.csv")
+    path = tmp_path / "drugs.csv"
+    pd.Series(DRUGS, name="smiles").rename_axis("drug").to_csv(path)
+    table = sm.parse_smiles_spec(f"smiles,pca=2:{path}").load(fit_names=list(DRUGS)[:4])
+    assert table.shape == (len(DRUGS), 2)

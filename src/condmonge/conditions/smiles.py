@@ -27,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +40,9 @@ import pandas as pd
 from condmonge.errors import ConfigError, DataError, suggest
 
 __all__ = [
+    "SmilesSpec",
     "default_cache_dir",
+    "parse_smiles_spec",
     "read_smiles_table",
     "reduce_embedding",
     "smiles_embedding",
@@ -422,3 +426,72 @@ def smiles_embedding(
     if n_components is None:
         return features
     return reduce_embedding(features, n_components, fit)
+
+
+_SPEC = re.compile(r"^smiles((?:,[a-z_]+=[^,:=]+)*):(.+)$")
+_SPEC_OPTIONS = {"kind": str, "pca": int, "radius": int, "bits": int}
+
+
+@dataclass(frozen=True)
+class SmilesSpec:
+    """A parsed ``smiles[,OPTION=VALUE...]:PATH`` embedding (see :func:`parse_smiles_spec`)."""
+
+    path: str
+    kind: Kind = "descriptors"
+    n_components: int | None = None
+    radius: int = 2
+    n_bits: int = 1024
+
+    def load(
+        self, fit_names: Iterable[str] | None = None, control: str | None = None
+    ) -> pd.DataFrame:
+        """:func:`smiles_embedding` of the file with these options."""
+        return smiles_embedding(
+            self.path,
+            self.kind,
+            self.n_components,
+            fit_names,
+            radius=self.radius,
+            n_bits=self.n_bits,
+            control=control,
+        )
+
+
+def parse_smiles_spec(value: str) -> SmilesSpec | None:
+    """Parse a CLI embedding value ``smiles:PATH`` or ``smiles,kind=both,pca=32:PATH``.
+
+    Options: ``kind`` (``descriptors``, ``morgan_counts``, ``both``), ``pca`` (number of
+    principal components, fitted on the training drugs), ``radius`` and ``bits`` (Morgan).
+    Returns ``None`` when ``value`` does not start with ``smiles`` followed by ``:`` or ``,``
+    (an ordinary embedding table path).
+    """
+    if not re.match(r"^smiles[,:]", value):
+        return None
+    match = _SPEC.match(value)
+    if match is None:
+        raise ConfigError(
+            f"embedding '{value}' must be smiles:PATH or smiles,OPTION=VALUE,...:PATH with "
+            f"options {', '.join(_SPEC_OPTIONS)} (e.g. smiles,kind=both,pca=32:drugs.csv)"
+        )
+    options: dict[str, object] = {}
+    for item in filter(None, match.group(1).split(",")):
+        key, _, raw = item.partition("=")
+        if key not in _SPEC_OPTIONS:
+            raise ConfigError(
+                f"unknown SMILES embedding option '{key}'{suggest(key, _SPEC_OPTIONS)}; options: "
+                f"{', '.join(_SPEC_OPTIONS)}"
+            )
+        try:
+            options[key] = _SPEC_OPTIONS[key](raw)
+        except ValueError:
+            raise ConfigError(f"SMILES embedding option {key}={raw} must be a number") from None
+    kind = options.get("kind", "descriptors")
+    if kind not in _KINDS:
+        raise ConfigError(f"kind must be one of {', '.join(_KINDS)}, got '{kind}'")
+    return SmilesSpec(
+        match.group(2),
+        kind,  # type: ignore[arg-type]
+        options.get("pca"),  # type: ignore[arg-type]
+        options.get("radius", 2),  # type: ignore[arg-type]
+        options.get("bits", 1024),  # type: ignore[arg-type]
+    )
