@@ -167,3 +167,35 @@ def test_effect_embedding_errors(task):
         effect_embedding(
             no_b_controls, "condition", "control", train_conditions=SEEN, n_components=4, **kwargs
         )
+
+
+def test_train_cells_mask_and_missing_skip(task):
+    kwargs = dict(cell_type_key="cell_type", dose_key="dose", n_components=3)
+    obs = task.adata.obs
+    # Hold out one drug's top dose only: those cells must not be read.
+    held = ((obs.condition == SEEN[0]) & (obs.dose == 1000)).to_numpy()
+    mask = ~held
+    a = effect_embedding(
+        task.adata, "condition", "control", train_conditions=SEEN, train_cells=mask, **kwargs
+    )
+    changed = task.adata.copy()
+    changed.X[held] = np.nan
+    b = effect_embedding(
+        changed, "condition", "control", train_conditions=SEEN, train_cells=mask, **kwargs
+    )
+    assert np.array_equal(a.to_numpy(), b.to_numpy())
+    full = effect_embedding(task.adata, "condition", "control", train_conditions=SEEN, **kwargs)
+    assert not np.array_equal(a.to_numpy(), full.to_numpy())
+    skipped = effect_embedding(
+        task.adata,
+        "condition",
+        "control",
+        train_conditions=[*SEEN, "only_in_combos"],
+        missing="skip",
+        **kwargs,
+    )
+    assert list(skipped.index) == SEEN
+    with pytest.raises(DataError, match="boolean mask"):
+        effect_embedding(
+            task.adata, "condition", "control", train_conditions=SEEN, train_cells=[1, 0], **kwargs
+        )

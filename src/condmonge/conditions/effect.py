@@ -223,6 +223,8 @@ def effect_embedding(
     control: str,
     *,
     train_conditions: Iterable[str],
+    train_cells: np.ndarray | pd.Series | None = None,
+    missing: Literal["raise", "skip"] = "raise",
     cell_type_key: str | None = None,
     dose_key: str | None = None,
     n_components: int = 10,
@@ -234,15 +236,22 @@ def effect_embedding(
 ) -> pd.DataFrame:
     """Response signatures of the training drugs, reduced to ``n_components`` dimensions.
 
-    Only the cells whose condition is in ``train_conditions`` or is ``control`` are read; every
-    other cell (held-out drugs, combinations not listed) has no influence whatsoever, so the
-    embedding of the seen drugs is the same whatever the held-out cells contain.
+    Only the cells whose condition is in ``train_conditions`` or is ``control`` (and that are in
+    ``train_cells`` when given) are read; every other cell (held-out drugs, combinations not
+    listed) has no influence whatsoever, so the embedding is the same whatever the held-out
+    cells contain.
 
     Args:
       adata: cells; expression from ``X`` or ``obsm[use_rep]``.
       condition_key, control: obs column of conditions and the label of control cells.
       train_conditions: the training drugs (single perturbations; labels of the condition
-        column). Each must have cells.
+        column).
+      train_cells: optional boolean mask over ``adata.obs`` of the cells that may be read (e.g.
+        the training side of a split that holds out some doses or cell types of a drug); cells
+        outside it, controls included, are never read.
+      missing: what to do with training drugs without cells of their own (e.g. a drug only
+        seen in combinations): ``"raise"`` or ``"skip"`` (no row; infer it from structure with
+        :func:`infer_effect_embedding`).
       cell_type_key: obs column of cell types: responses are taken against the controls of the
         same cell type and averaged over cell types.
       dose_key: obs column of doses: responses are computed per dose and averaged over doses.
@@ -273,22 +282,37 @@ def effect_embedding(
         raise ConfigError(f"method must be 'mean_shift', 'ot_mds' or 'energy_mds', got '{method}'")
     if max_cells < 2 or epsilon <= 0:
         raise ConfigError(f"max_cells must be >= 2 and epsilon > 0, got {max_cells}, {epsilon}")
+    if missing not in ("raise", "skip"):
+        raise ConfigError(f"missing must be 'raise' or 'skip', got '{missing}'")
     train = sorted({str(c) for c in train_conditions} - {str(control)})
     if not train:
         raise DataError("train_conditions is empty; give the training drugs")
     conditions = _labels(adata, condition_key, "condition")
-    present = set(conditions)
+    allowed = np.ones(adata.n_obs, bool)
+    if train_cells is not None:
+        allowed = np.asarray(train_cells)
+        if allowed.dtype != bool or allowed.shape != (adata.n_obs,):
+            raise DataError(
+                f"train_cells must be a boolean mask of length {adata.n_obs} (one per cell), got "
+                f"dtype {allowed.dtype} and shape {allowed.shape}"
+            )
+    present = set(conditions[allowed])
     if str(control) not in present:
         raise DataError(
             f"no control cells: '{control}' is not a value of obs['{condition_key}']"
-            f"{suggest(control, present)}"
+            + (" among train_cells" if train_cells is not None else "")
+            + suggest(control, present)
         )
-    missing = [c for c in train if c not in present]
-    if missing:
+    absent = [c for c in train if c not in present]
+    if absent and missing == "raise":
         raise DataError(
-            f"{len(missing)} training conditions have no cells: "
-            f"{', '.join(repr(m) for m in missing[:5])}{suggest(missing[0], present)}"
+            f"{len(absent)} training conditions have no cells: "
+            f"{', '.join(repr(m) for m in absent[:5])}{suggest(absent[0], present)}; pass "
+            "missing='skip' to leave them out (and infer them from structure)"
         )
+    train = [c for c in train if c in present]
+    if not train:
+        raise DataError("no training drug has cells of its own")
     limit = len(train) if method != "mean_shift" else min(len(train), adata.n_vars)
     if use_rep is not None and use_rep in adata.obsm and method == "mean_shift":
         limit = min(len(train), adata.obsm[use_rep].shape[1])
@@ -298,7 +322,7 @@ def effect_embedding(
             f"{n_components}"
         )
 
-    keep = np.flatnonzero(np.isin(conditions, [*train, str(control)]))
+    keep = np.flatnonzero(allowed & np.isin(conditions, [*train, str(control)]))
     x = _read_rows(adata, keep, use_rep)
     # Integer codes of the cells read: drug = position in `train` (-1 for controls), cell type
     # and dose = rank among the values of these cells. Groups are contiguous runs of a stable
