@@ -10,6 +10,8 @@ from condmonge.conditions.encoders import (
 )
 from condmonge.conditions.encoding import ConditionEncoder, EncodedConditions
 from condmonge.conditions.smiles import (
+    SmilesSpec,
+    parse_smiles_spec,
     read_smiles_table,
     reduce_embedding,
     smiles_embedding,
@@ -23,11 +25,13 @@ __all__ = [
     "EncodedConditions",
     "FeatureEncoder",
     "OneHotEncoder",
+    "SmilesSpec",
     "TableEncoder",
     "effect_embedding",
     "encoder_from_state",
     "infer_effect_embedding",
     "log_dose",
+    "parse_smiles_spec",
     "parse_doses",
     "parse_perturbations",
     "read_smiles_table",
