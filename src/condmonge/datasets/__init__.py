@@ -6,6 +6,7 @@ from importlib import resources
 
 import anndata as ad
 
+from condmonge.datasets.sciplex_like import SciplexLikeTask, sciplex_like
 from condmonge.datasets.synthetic import (
     AffineTask,
     ConvexTask,
@@ -17,9 +18,11 @@ from condmonge.datasets.synthetic import (
 __all__ = [
     "AffineTask",
     "ConvexTask",
+    "SciplexLikeTask",
     "convex_task",
     "l2_uvp",
     "norman_mcfaline",
+    "sciplex_like",
     "spd_affine_task",
 ]
 
