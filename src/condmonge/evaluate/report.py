@@ -6,6 +6,7 @@ returned by :func:`condmonge.evaluate.evaluation.evaluate_prediction` and concat
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -197,8 +198,11 @@ def plot_moments(predictions: Mapping[str, ad.AnnData], truth, path: str | Path)
             p, t = np.asarray(pred.X[rows]), truth.treated[key]
             tv.append(t.var(0))
             pv.append(p.var(0))
-            ts.append(skew(t, axis=0))
-            ps.append(skew(p, axis=0))
+            with warnings.catch_warnings():
+                # Near-constant features (e.g. unexpressed genes): their skew is noise anyway.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ts.append(skew(t, axis=0))
+                ps.append(skew(p, axis=0))
         for i, (name, x, y) in enumerate((("variance", tv, pv), ("skewness", ts, ps))):
             x, y = np.nan_to_num(np.concatenate(x)), np.nan_to_num(np.concatenate(y))
             ax = axes[i, j]
