@@ -113,9 +113,13 @@ def plot_summary(
     """Bar chart (mean ± sd over conditions) of the headline metrics for every method."""
     metrics = [m for m in metrics if m in per_condition.columns]
     methods = list(dict.fromkeys(per_condition["method"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 3.4), squeeze=False)
+    ncols = min(5, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 3.3 * nrows), squeeze=False)
     colors = plt.cm.tab10(np.arange(len(methods)) % 10)
-    for ax, name in zip(axes[0], metrics, strict=True):
+    for ax in axes.flat[len(metrics) :]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, metrics, strict=False):
         sub = per_condition.groupby("method")[name]
         means, sds = sub.mean().reindex(methods), sub.std(ddof=0).reindex(methods)
         ax.bar(range(len(methods)), means, yerr=sds, color=colors)
