@@ -15,6 +15,7 @@ __all__ = [
     "CondMongeError",
     "ConfigError",
     "DataError",
+    "DataWarning",
     "UnknownConditionError",
     "NotFittedError",
     "TrainingError",
@@ -29,6 +30,10 @@ class CondMongeError(ValueError):
 
 class DataError(CondMongeError):
     """The AnnData (or a table) does not have the expected content."""
+
+
+class DataWarning(UserWarning):
+    """The data can be used but probably not as meant (raw counts, conditions with few cells)."""
 
 
 class UnknownConditionError(CondMongeError):
