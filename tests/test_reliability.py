@@ -123,7 +123,12 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
     assert final.returncode == 0, final.stderr
     _, ref_err = reference.communicate(timeout=300)
     assert reference.returncode == 0, ref_err
-    print("kills (attempt, delay s, step before, step after, finished early):", log)
+    ref_step = _step_on_disk(tmp_path / "ref")
+    print(
+        f"reference ran to step {ref_step}; kills",
+        "(attempt, delay s, step before, after, ended by itself):",
+        log,
+    )
     # At least one kill landed after training had checkpointed, so a resume really resumed.
     assert any(after > 0 for *_, after, _ in log), log
     assert any(not finished for *_, finished in log), log
@@ -142,16 +147,11 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(tmp_path_factory):
+    """A model trained here, and (concurrently) the same training in a fresh process."""
+    root = tmp_path_factory.mktemp("seed")
     data = make_adata(n_per_condition=30, d=4)
-    model = cm.ConditionalMonge(tiny_config()).fit(data, "condition", "control", seed=11)
-    return model, data
-
-
-def test_same_seed_gives_identical_predictions_across_processes(trained, tmp_path):
-    """A fresh process that trains with the same seed predicts the same bits as this one."""
-    model, data = trained
-    data.write_h5ad(tmp_path / "data.h5ad")
+    data.write_h5ad(root / "data.h5ad")
     script = textwrap.dedent("""
         import sys
         import anndata as ad, numpy as np, condmonge as cm
@@ -159,20 +159,27 @@ def test_same_seed_gives_identical_predictions_across_processes(trained, tmp_pat
         from conftest import tiny_config
         data = ad.read_h5ad({data!r})
         model = cm.ConditionalMonge(tiny_config()).fit(data, "condition", "control", seed=11)
-        np.save({out!r}, model.predict(data, ["A+B", "B"]).X)
-    """).format(
-        tests=os.path.dirname(__file__),
-        data=str(tmp_path / "data.h5ad"),
-        out=str(tmp_path / "pred.npy"),
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+        np.save(sys.argv[1], model.predict(data, ["A+B", "B"]).X)
+    """).format(tests=os.path.dirname(__file__), data=str(root / "data.h5ad"))
+    other = subprocess.Popen([sys.executable, "-c", script, str(root / "pred.npy")])
+    model = cm.ConditionalMonge(tiny_config()).fit(data, "condition", "control", seed=11)
+    yield model, data, other
+    if other.poll() is None:
+        other.kill()
+        other.wait()
+
+
+def test_same_seed_gives_identical_predictions_across_processes(trained):
+    """A fresh process that trains with the same seed predicts the same bits as this one."""
+    model, data, other = trained
+    assert other.wait(timeout=300) == 0
     here = model.predict(data, ["A+B", "B"]).X
     assert here.shape == (2 * 30, 4)
-    assert np.load(tmp_path / "pred.npy").tobytes() == here.tobytes()
+    assert np.load(other.args[-1]).tobytes() == here.tobytes()
 
 
 def test_overwriting_keeps_the_previous_checkpoint(trained, tmp_path):
-    model, _ = trained
+    model, *_ = trained
     model.save(tmp_path)
     assert not (tmp_path / "model.prev.safetensors").exists()
     first = (tmp_path / "model.safetensors").read_bytes()
@@ -186,7 +193,7 @@ def test_overwriting_keeps_the_previous_checkpoint(trained, tmp_path):
 
 
 def test_truncated_checkpoint_names_the_previous_one(trained, tmp_path):
-    model, data = trained
+    model, data, _ = trained
     model.save(tmp_path)
     path = model.save(tmp_path)
     path.write_bytes(path.read_bytes()[:1000])
@@ -201,7 +208,7 @@ def test_truncated_checkpoint_names_the_previous_one(trained, tmp_path):
 
 
 def test_failed_write_leaves_the_old_checkpoint(trained, tmp_path, monkeypatch):
-    model, _ = trained
+    model, *_ = trained
     path = model.save(tmp_path)
     before = path.read_bytes()
     import safetensors.numpy
@@ -244,7 +251,7 @@ def test_resume_after_early_stop_does_not_train_on(tmp_path):
 
 
 def test_checkpoint_and_config_hold_no_code_and_no_paths(trained, tmp_path):
-    model, _ = trained
+    model, *_ = trained
     path = model.save(tmp_path / "run")
     raw = path.read_bytes()
     assert str(tmp_path).encode() not in raw  # nothing refers outside the run directory

@@ -120,6 +120,12 @@ def _other_data_resume(ctx):
     return _fit_std(ctx, other, checkpoint_dir=ctx.tmp / "run", resume=True)
 
 
+def _other_config_resume(ctx):
+    ctx.model.save(ctx.tmp / "run")
+    wider = tiny_config(**{"model.hidden_dim": 24})
+    return _fit_std(ctx, checkpoint_dir=ctx.tmp / "run", resume=True, config=wider)
+
+
 def _non_finite(ctx):
     config = tiny_config(
         **{
@@ -357,6 +363,8 @@ CASES = [
                                  "condmonge_version": "9.9.9", "meta": "{}"})),
     C("ckpt-other-data", "checkpoint", "`--resume` with other genes or conditions",
       CheckpointError, "was trained on other genes or conditions", _other_data_resume),
+    C("ckpt-other-config", "checkpoint", "`--resume` with another network configuration",
+      CheckpointError, "it was written with another model configuration", _other_config_resume),
     # ------------------------------------------------------------------ training
     C("non-finite-loss", "training", "non-finite loss (e.g. a far too large learning rate)",
       TrainingError, "non-finite loss at step", _non_finite),

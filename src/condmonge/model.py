@@ -322,15 +322,20 @@ class ConditionalMonge:
                 f"'{path}' was trained on other genes or conditions; resume with the same data "
                 "and holdout, or write to a new --out directory"
             )
-        state = state.replace(
-            step=jnp.asarray(training["step"], jnp.int32),
-            params=ckpt.restore_leaves(state.params, arrays, "state/params"),
-            constants={
-                k: jnp.asarray(v) for k, v in ckpt.unflatten_tree(arrays, "constants").items()
-            },
-            opt_state=ckpt.restore_leaves(state.opt_state, arrays, "state/opt_state"),
-            rng=jnp.asarray(arrays["state/rng"]),
-        )
+        try:
+            state = state.replace(
+                step=jnp.asarray(training["step"], jnp.int32),
+                params=ckpt.restore_leaves(state.params, arrays, "state/params"),
+                constants={
+                    k: jnp.asarray(v) for k, v in ckpt.unflatten_tree(arrays, "constants").items()
+                },
+                opt_state=ckpt.restore_leaves(state.opt_state, arrays, "state/opt_state"),
+                rng=jnp.asarray(arrays["state/rng"]),
+            )
+        except CheckpointError as exc:
+            raise CheckpointError(f"'{path}': {exc}") from None
+        except KeyError as exc:
+            raise CheckpointError(f"'{path}' is missing checkpoint field {exc}") from None
         best = jax.tree.map(jnp.asarray, ckpt.unflatten_tree(arrays, "params"))
         return state, _loop_from_meta(training, best)
 

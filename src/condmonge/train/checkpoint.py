@@ -51,6 +51,9 @@ def previous_checkpoint(path: str | Path) -> Path:
     return path.with_name(f"{stem.removesuffix('.prev')}.prev.safetensors")
 
 
+_SAME_CONFIG = "resume with the config of that run, or write to a new --out directory"
+
+
 def flatten_tree(tree: Any, prefix: str) -> dict[str, np.ndarray]:
     """``{"prefix/a/b": array}`` for a nested dict of arrays (Flax params)."""
     flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/")
@@ -77,14 +80,15 @@ def restore_leaves(template: Any, arrays: dict[str, np.ndarray], prefix: str) ->
     if len(names) != len(leaves):
         raise CheckpointError(
             f"checkpoint holds {len(names)} arrays of '{prefix}', this model needs {len(leaves)}; "
-            "it was written with another model configuration"
+            f"it was written with another model configuration: {_SAME_CONFIG}"
         )
     restored = []
     for name, leaf in zip(names, leaves, strict=True):
         value = arrays[name]
         if np.shape(value) != np.shape(leaf):
             raise CheckpointError(
-                f"checkpoint array '{name}' has shape {value.shape}, expected {np.shape(leaf)}"
+                f"checkpoint array '{name}' has shape {value.shape}, expected {np.shape(leaf)}; "
+                f"it was written with another model configuration: {_SAME_CONFIG}"
             )
         restored.append(value.astype(np.asarray(leaf).dtype))
     return jax.tree_util.tree_unflatten(treedef, restored)
