@@ -495,6 +495,26 @@ def render_doc(results: dict[str, str]) -> str:
             if where == section:
                 lines.append(f"| {what} | — | {outcome} |")
         lines.append("")
+    lines += [
+        "## Interrupted and repeated runs",
+        "",
+        "- Checkpoints (`model.safetensors`: arrays plus a JSON header, never pickle) are written"
+        " to a temporary file, read back, and renamed over the old one; the one replaced is kept"
+        " as `model.prev.safetensors`. A damaged checkpoint names that file.",
+        "- A checkpoint holds parameters, optimizer state, step, RNG key (the data sampler draws"
+        " from it; the train/validation split is a function of the seed) and the early-stopping"
+        " state. A run killed at any moment (even SIGKILL) and continued with `condmonge train"
+        " ... --resume` ends with the same parameters, bit for bit on CPU, as an uninterrupted"
+        " run (`tests/test_reliability.py`).",
+        "- Ctrl-C (SIGINT) saves the last completed step and exits with code 130.",
+        "- A non-finite loss stops training with `TrainingError` naming the conditions; a"
+        " diverged (NaN/inf) state is never written, so the last good checkpoint stays.",
+        "- The same seed gives identical predictions in another process.",
+        "- Configs are read with `yaml.safe_load`; checkpoints and configs hold no code and no"
+        " paths. Predictions (`condmonge predict --out`) are written to a temporary file and"
+        " renamed.",
+        "",
+    ]
     return "\n".join(lines)
 
 

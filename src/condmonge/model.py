@@ -650,7 +650,10 @@ def _all_finite(tree: Any) -> bool:
         for leaf in jax.tree_util.tree_leaves(tree)
         if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)
     ]
-    return all(bool(jnp.isfinite(leaf).all()) for leaf in leaves)
+    # One reduction per leaf on the device, one transfer to the host.
+    return (
+        bool(jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]))) if leaves else True
+    )
 
 
 def _loop_from_meta(training: Mapping[str, Any], best_params: Any) -> TrainLoopState:
