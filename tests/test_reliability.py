@@ -96,8 +96,8 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
         )
         start_step = _step_on_disk(out)
         if attempt == 0:
-            # Anywhere in the run: start-up, tracing, or training.
-            moment = rng.uniform(3.0, 14.0)
+            # Early, before any checkpoint (start-up or tracing): resume must start afresh.
+            moment = rng.uniform(0.5, 4.0)
             deadline = time.monotonic() + moment
         else:
             # Once this process writes its first checkpoint: mid-training or mid-write.
@@ -226,25 +226,27 @@ def test_failed_write_leaves_the_old_checkpoint(trained, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.safetensors"]
 
 
-def test_resume_after_early_stop_does_not_train_on(tmp_path):
-    data = make_adata(n_per_condition=30, d=4)
-    cfg = tiny_config(
-        **{
-            "train.steps": 40,
-            "train.validate_every": 1,
-            "train.patience": 1,
-            "train.learning_rate": 1e-9,  # no progress: stops at the first non-improvement
-            "train.warmup_steps": 0,
-        }
+def test_resume_after_early_stop_does_not_train_on(trained, tmp_path):
+    """A run killed after it stopped early (its last checkpoint records the stop) stays stopped."""
+    model, data, _ = trained
+    cfg = model.config
+    original = model.loop
+    model.loop = original.replace(evals_since_best=cfg.train.patience)  # as saved when stopping
+    try:
+        model.save(tmp_path)
+    finally:
+        model.loop = original
+    resumed = cm.ConditionalMonge(cfg).fit(
+        data,
+        "condition",
+        "control",
+        steps=cfg.train.steps + 20,
+        checkpoint_dir=tmp_path,
+        resume=True,
     )
-    first = cm.ConditionalMonge(cfg).fit(data, "condition", "control", checkpoint_dir=tmp_path)
-    stopped = int(first.state.step)
-    assert stopped < 40
-    again = cm.ConditionalMonge(cfg).fit(
-        data, "condition", "control", checkpoint_dir=tmp_path, resume=True
-    )
-    assert int(again.state.step) == stopped
-    assert again.loop.best_step == first.loop.best_step
+    assert int(resumed.state.step) == int(model.state.step)
+    assert resumed.n_traces == 0  # not a single training step
+    assert resumed.loop.best_step == model.loop.best_step
 
 
 # ---------------------------------------------------------------------------- safety

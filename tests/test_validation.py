@@ -230,6 +230,9 @@ CASES = [
       "adata.X looks like raw counts (integers up to 299); condmonge expects log-normalised "
       "expression: run `sc.pp.normalize_total(adata)` and `sc.pp.log1p(adata)`",
       lambda c: validate_adata(_counts(c.data), DataConfig())),
+    C("x-not-logged", "data", "normalised but not log-transformed X", DataWarning,
+      "adata.X looks normalised but not log-transformed (values up to",
+      lambda c: validate_adata(_x(c.data, np.abs(c.data.X) * 100 + 0.5), DataConfig())),
     C("small-condition", "data",
       "a condition with fewer cells than `cells_per_condition` (sampled with replacement)",
       DataWarning, "1 condition(s) have fewer cells than cells_per_condition=16",

@@ -145,39 +145,59 @@ def _check_doses(doses: pd.Series, treated: pd.Series, cfg: DataConfig) -> None:
 
 
 def check_expression(x, where: str = "adata.X") -> None:
-    """Flag count-like expression where log-normalised values are expected.
+    """Flag expression that is not on the log-normalised scale condmonge expects.
 
-    Only integer-valued matrices are judged: scaled, PCA or log-normalised data are not integers
-    and may legitimately be negative. Integer values with a negative entry cannot be counts
-    (:class:`DataError`); non-negative integers above :data:`RAW_COUNT_MAX` are most likely raw
-    counts (:class:`DataWarning`).
+    Log-normalised values are non-negative and small (``log1p`` of library-size-normalised
+    counts stays below ~12). Outside that range:
+
+    - integer values with a negative entry cannot be counts: :class:`DataError`;
+    - non-negative integers above :data:`RAW_COUNT_MAX`: raw counts, :class:`DataWarning`;
+    - non-negative non-integers above it: normalised but not log-transformed,
+      :class:`DataWarning`;
+    - non-integer values with negatives (scaled data, PCA scores) are accepted as they are.
     """
     if x is None:
         return
     values = (x.data if sp.issparse(x) else np.asarray(x)).reshape(-1)
     if values.size == 0:
         return
-    if np.issubdtype(values.dtype, np.floating):
-        # A strided sample settles most real (non-integer) data without a full copy.
-        sample = values[:: max(values.size // 10_000, 1)]
-        if not np.array_equal(sample, np.round(sample)):
-            return
-        if not np.array_equal(values, np.round(values)):
-            return
     low, high = values.min(), values.max()
+    if low >= 0 and high <= RAW_COUNT_MAX:
+        return
+    integer = _is_integer_valued(values)
     if low < 0:
-        raise DataError(
-            f"{where} holds integer (count-like) values with negatives (min {low:g}); counts "
-            "cannot be negative: check how the matrix was built, or pass log-normalised data"
+        if integer:
+            raise DataError(
+                f"{where} holds integer (count-like) values with negatives (min {low:g}); counts "
+                "cannot be negative: check how the matrix was built, or pass log-normalised data"
+            )
+        return
+    if integer:
+        problem, fix = (
+            f"looks like raw counts (integers up to {high:g})",
+            "run `sc.pp.normalize_total(adata)` and `sc.pp.log1p(adata)` first",
         )
-    if high > RAW_COUNT_MAX:
-        warnings.warn(
-            f"{where} looks like raw counts (integers up to {high:g}); condmonge expects "
-            "log-normalised expression: run `sc.pp.normalize_total(adata)` and "
-            "`sc.pp.log1p(adata)` first, or train on a representation (use_rep)",
-            DataWarning,
-            stacklevel=3,
+    else:
+        problem, fix = (
+            f"looks normalised but not log-transformed (values up to {high:.4g})",
+            "run `sc.pp.log1p(adata)` first",
         )
+    warnings.warn(
+        f"{where} {problem}; condmonge expects log-normalised expression: {fix}, or train on a "
+        "representation (use_rep)",
+        DataWarning,
+        stacklevel=3,
+    )
+
+
+def _is_integer_valued(values: np.ndarray) -> bool:
+    if not np.issubdtype(values.dtype, np.floating):
+        return True
+    # A strided sample settles most real (non-integer) data without a full copy.
+    sample = values[:: max(values.size // 10_000, 1)]
+    return bool(
+        np.array_equal(sample, np.round(sample)) and np.array_equal(values, np.round(values))
+    )
 
 
 def _check_finite(x, use_rep: str | None) -> None:
