@@ -15,20 +15,40 @@ __all__ = [
     "CondMongeError",
     "ConfigError",
     "DataError",
+    "DataWarning",
     "UnknownConditionError",
     "NotFittedError",
     "TrainingError",
     "TrainingInterrupted",
+    "one_line",
     "suggest",
 ]
 
 
 class CondMongeError(ValueError):
-    """Base class of every error caused by user input."""
+    r"""Base class of every error caused by user input.
+
+    The message is kept on one line whatever it quotes: newlines, tabs and other control
+    characters of user values (labels, doses, file names) are escaped as ``\n`` etc.
+    """
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with every non-printable character (``\n``, ``\t``, ...) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class DataError(CondMongeError):
     """The AnnData (or a table) does not have the expected content."""
+
+
+class DataWarning(UserWarning):
+    """The data can be used but probably not as meant (raw counts, conditions with few cells)."""
 
 
 class UnknownConditionError(CondMongeError):

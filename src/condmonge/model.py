@@ -21,13 +21,21 @@ from condmonge.conditions.spec import Condition
 from condmonge.config import Config, config_from_dict
 from condmonge.data.anndata_io import (
     align_features,
+    check_expression,
     feature_matrix,
     feature_names,
+    require_unique_names,
     validate_adata,
 )
 from condmonge.data.pca import Projection, fit_pca
 from condmonge.data.prepare import build_pools, label_cells, make_condition, select_conditions
-from condmonge.errors import CheckpointError, DataError, NotFittedError, UnknownConditionError
+from condmonge.errors import (
+    CheckpointError,
+    DataError,
+    DataWarning,
+    NotFittedError,
+    UnknownConditionError,
+)
 from condmonge.models.networks import ConditionalResidualMap
 from condmonge.train import checkpoint as ckpt
 from condmonge.train.trainer import (
@@ -185,6 +193,7 @@ class ConditionalMonge:
                 f"{len(small)} condition(s) have fewer cells than cells_per_condition="
                 f"{cfg.train.cells_per_condition} (e.g. '{small[0]}'); their cells are sampled "
                 "with replacement",
+                DataWarning,
                 stacklevel=2,
             )
         features = feature_matrix(adata, cfg.data.use_rep)
@@ -213,6 +222,10 @@ class ConditionalMonge:
                 state, loop = self._restore_training(path, state, loop)
 
             def checkpoint_fn(s: TrainState, lp: TrainLoopState) -> None:
+                # Never replace the last good checkpoint by a diverged state (NaN/inf): the
+                # loop notices a non-finite loss only at its next logging step.
+                if not (_all_finite((s.params, s.opt_state)) and _all_finite(lp.best_params)):
+                    return
                 self.state, self.loop, self.params, self.constants = (
                     s,
                     lp,
@@ -226,6 +239,13 @@ class ConditionalMonge:
 
         step_fn = make_train_step(module, optimizer, cfg.loss, cfg.train, on_trace=count_trace)
         eval_fn = make_eval_fn(module, cfg.loss, cfg.train)
+        # A run that stopped early saved its checkpoint at the stopping step; resuming it (e.g.
+        # after a kill before the process exited) must not train on.
+        stopped_early = bool(cfg.train.patience) and loop.evals_since_best >= cfg.train.patience
+        if stopped_early:
+            cfg_train = cfg.train.model_copy(update={"steps": int(state.step)})
+        else:
+            cfg_train = cfg.train
         state, loop = train_loop(
             state,
             loop,
@@ -234,7 +254,7 @@ class ConditionalMonge:
             train_pools,
             val_pools,
             encoded,
-            cfg.train,
+            cfg_train,
             [c.key(cfg.data.combination_sep) for c in self.conditions],
             checkpoint_fn,
         )
@@ -302,15 +322,20 @@ class ConditionalMonge:
                 f"'{path}' was trained on other genes or conditions; resume with the same data "
                 "and holdout, or write to a new --out directory"
             )
-        state = state.replace(
-            step=jnp.asarray(training["step"], jnp.int32),
-            params=ckpt.restore_leaves(state.params, arrays, "state/params"),
-            constants={
-                k: jnp.asarray(v) for k, v in ckpt.unflatten_tree(arrays, "constants").items()
-            },
-            opt_state=ckpt.restore_leaves(state.opt_state, arrays, "state/opt_state"),
-            rng=jnp.asarray(arrays["state/rng"]),
-        )
+        try:
+            state = state.replace(
+                step=jnp.asarray(training["step"], jnp.int32),
+                params=ckpt.restore_leaves(state.params, arrays, "state/params"),
+                constants={
+                    k: jnp.asarray(v) for k, v in ckpt.unflatten_tree(arrays, "constants").items()
+                },
+                opt_state=ckpt.restore_leaves(state.opt_state, arrays, "state/opt_state"),
+                rng=jnp.asarray(arrays["state/rng"]),
+            )
+        except CheckpointError as exc:
+            raise CheckpointError(f"'{path}': {exc}") from None
+        except KeyError as exc:
+            raise CheckpointError(f"'{path}' is missing checkpoint field {exc}") from None
         best = jax.tree.map(jnp.asarray, ckpt.unflatten_tree(arrays, "params"))
         return state, _loop_from_meta(training, best)
 
@@ -468,6 +493,11 @@ class ConditionalMonge:
         x = align_features(adata, self.feature_names, d.use_rep)
         if not np.isfinite(x).all():
             raise DataError("the query's features contain NaN or inf; remove those cells")
+        if d.use_rep is None:
+            check_expression(x, "the query's adata.X")
+        require_unique_names(
+            adata.obs_names, "the query's adata.obs_names", "obs_names_make_unique"
+        )
         if d.condition_key in adata.obs:
             is_control = adata.obs[d.condition_key].astype(str).to_numpy() == d.control
             if not is_control.any():
@@ -569,7 +599,7 @@ class ConditionalMonge:
                 "history": self.loop.history,
             }
         out = ckpt.write_checkpoint(path / ckpt.CHECKPOINT_NAME, meta, arrays)
-        self.config.to_yaml(path / "config.yaml")
+        ckpt.replace_atomically(path / "config.yaml", self.config.to_yaml)
         return out
 
     @classmethod
@@ -611,6 +641,19 @@ class ConditionalMonge:
         if "training" in meta:
             model.loop = _loop_from_meta(meta["training"], model.params)
         return model
+
+
+def _all_finite(tree: Any) -> bool:
+    """Whether every floating-point leaf of ``tree`` is finite."""
+    leaves = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)
+    ]
+    # One reduction per leaf on the device, one transfer to the host.
+    return (
+        bool(jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]))) if leaves else True
+    )
 
 
 def _loop_from_meta(training: Mapping[str, Any], best_params: Any) -> TrainLoopState:

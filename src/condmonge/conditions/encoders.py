@@ -93,11 +93,16 @@ class TableEncoder:
     def fit(self, names: Sequence[str]) -> TableEncoder:
         """Set the z-scoring statistics from the rows of ``names`` (the training vocabulary)."""
         rows = self._rows(sorted(set(names)))
-        values = self.table.to_numpy(np.float32)[rows]
-        self.mean = values.mean(axis=0)
+        # Statistics in float64 of the float32 values: the mean of a constant column is then
+        # exactly its value, so it encodes as 0 (float32 sums leave a residue that the
+        # division by a tiny std would blow up to +-1).
+        values = self.table.to_numpy(np.float32)[rows].astype(np.float64)
+        mean = values.mean(axis=0)
         std = values.std(axis=0)
         # Constant columns carry no information; leave them at zero instead of dividing by 0.
-        self.scale = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        constant = std <= 1e-8 * np.maximum(np.abs(mean), 1.0)
+        self.mean = mean.astype(np.float32)
+        self.scale = np.where(constant, 1.0, std).astype(np.float32)
         return self
 
     def _rows(self, names: Sequence[str]) -> list[int]:
