@@ -122,6 +122,10 @@ TRAIN = "train {data} --out {tmp}/r --condition-key"
             "perturbation 'Z' was not seen in training",
         ),
         ("predict {tmp} {data} --out {tmp}/p.h5ad", "no checkpoint at"),
+        (
+            "train {data} --out {run} --condition-key condition --control control",
+            "already holds a run (model.safetensors); pass --resume to continue it, --overwrite",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(workspace, tmp_path, command, message):

@@ -59,6 +59,9 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML with every hyperparameter.")] = None,
     use_rep: Annotated[str | None, typer.Option(help="obsm key to train on instead of X.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over even if --out already holds a run.")
+    ] = False,
 ) -> None:
     """Train a conditional Monge-gap map and write a checkpoint to --out."""
     from condmonge.config import Config, load_config
@@ -67,6 +70,11 @@ def train(
     from condmonge.model import ConditionalMonge
 
     try:
+        if (out / "model.safetensors").exists() and not (resume or overwrite):
+            raise DataError(
+                f"'{out}' already holds a run (model.safetensors); pass --resume to continue it, "
+                "--overwrite to start over, or choose another --out"
+            )
         cfg = load_config(config) if config is not None else Config()
         if condition_key is None and config is None:
             raise DataError("give --condition-key (the obs column naming each cell's condition)")

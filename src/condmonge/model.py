@@ -28,6 +28,7 @@ from condmonge.data.anndata_io import (
     validate_adata,
 )
 from condmonge.data.pca import Projection, fit_pca
+from condmonge.data.predictions import assemble_prediction, control_rows
 from condmonge.data.prepare import build_pools, label_cells, make_condition, select_conditions
 from condmonge.errors import (
     CheckpointError,
@@ -498,23 +499,7 @@ class ConditionalMonge:
         require_unique_names(
             adata.obs_names, "the query's adata.obs_names", "obs_names_make_unique"
         )
-        if d.condition_key in adata.obs:
-            is_control = adata.obs[d.condition_key].astype(str).to_numpy() == d.control
-            if not is_control.any():
-                raise DataError(
-                    f"adata.obs['{d.condition_key}'] has no '{d.control}' cells to predict from"
-                )
-        else:
-            is_control = np.ones(adata.n_obs, bool)
-        if d.cell_type_key is not None:
-            if d.cell_type_key not in adata.obs:
-                raise DataError(
-                    f"adata.obs has no column '{d.cell_type_key}'; the model maps controls per "
-                    "cell type, so the query needs it"
-                )
-            types = adata.obs[d.cell_type_key].astype(str).to_numpy()
-        else:
-            types = np.full(adata.n_obs, None, dtype=object)
+        is_control, types = control_rows(adata, d)
         available = sorted({str(t) for t in types[is_control]}) if d.cell_type_key else []
         query = self.query_conditions(
             conditions, dose=dose, cell_type=cell_type, cell_types_available=available
@@ -522,47 +507,19 @@ class ConditionalMonge:
         if not query:
             raise UnknownConditionError("no conditions to predict")
         self.encoder.encode(query)  # fail early, before any work, on unknown names
-        blocks, obs_rows = [], []
-        for cond in query:
-            rows = (
-                np.flatnonzero(is_control & (types == cond.cell_type))
-                if d.cell_type_key
-                else np.flatnonzero(is_control)
-            )
-            if rows.size == 0:
-                raise DataError(
-                    f"no control cells of cell type '{cond.cell_type}' in the query data for "
-                    f"'{cond.label()}'"
-                )
-            blocks.append(self.transport(x[rows], cond))
-            frame = pd.DataFrame(
-                {
-                    d.condition_key: cond.label(d.combination_sep),
-                    "condition_id": cond.key(d.combination_sep),
-                    "source_index": rows,
-                    "source_obs_name": adata.obs_names[rows].astype(str),
-                }
-            )
-            if d.dose_key:
-                frame[d.dose_key] = cond.dose_label(d.combination_sep)
-            if d.cell_type_key:
-                frame[d.cell_type_key] = cond.cell_type
-            for key, value in zip(d.covariate_keys, cond.covariates, strict=True):
-                frame[key] = value
-            obs_rows.append(frame)
-        obs = pd.concat(obs_rows, ignore_index=True)
-        obs.index = [f"pred-{i}" for i in range(len(obs))]
-        for column in [d.condition_key, "condition_id", d.dose_key, d.cell_type_key]:
-            if column:
-                obs[column] = obs[column].astype("category")
-        var = pd.DataFrame(index=pd.Index(self.feature_names, dtype=str))
-        out = ad.AnnData(X=np.concatenate(blocks).astype(np.float32), obs=obs, var=var)
-        out.uns["condmonge"] = {
-            "version": __version__,
-            "use_rep": d.use_rep or "X",
-            "config": json.dumps(self.config.model_dump(mode="json")),
-        }
-        return out
+        return assemble_prediction(
+            adata,
+            x,
+            query,
+            self.transport,
+            d,
+            self.feature_names,
+            uns={
+                "version": __version__,
+                "use_rep": d.use_rep or "X",
+                "config": json.dumps(self.config.model_dump(mode="json")),
+            },
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

@@ -36,8 +36,8 @@ def control_rows(adata: ad.AnnData, cfg: DataConfig) -> tuple[np.ndarray, np.nda
     if cfg.cell_type_key is not None:
         if cfg.cell_type_key not in adata.obs:
             raise DataError(
-                f"adata.obs has no column '{cfg.cell_type_key}'; controls are mapped per cell "
-                "type, so the query needs it"
+                f"adata.obs has no column '{cfg.cell_type_key}'; the model maps controls per "
+                "cell type, so the query needs it"
             )
         types = adata.obs[cfg.cell_type_key].astype(str).to_numpy().astype(object)
     else:
