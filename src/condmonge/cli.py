@@ -215,14 +215,9 @@ def split(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
+    from condmonge.train.checkpoint import replace_atomically
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 @app.command()

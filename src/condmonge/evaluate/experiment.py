@@ -44,6 +44,7 @@ from condmonge.evaluate.report import (
     summarize,
     to_markdown,
 )
+from condmonge.train.checkpoint import replace_atomically
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "load_experiment_config", "run_experiment"]
 
@@ -300,11 +301,14 @@ def _write_report(
     config, out, per_condition, summary, predictions, truth, sides, timings, notes, model
 ):
     ev = config.evaluation
-    per_condition.to_csv(out / "per_condition.csv", index_label="condition")
-    summary.to_csv(out / "summary.csv", index_label="method")
+    # Every file is written under a temporary name and renamed: never half-written.
+    replace_atomically(
+        out / "per_condition.csv", lambda t: per_condition.to_csv(t, index_label="condition")
+    )
+    replace_atomically(out / "summary.csv", lambda t: summary.to_csv(t, index_label="method"))
     write_h5ad_atomic(predictions[MODEL_NAME], out / "predictions.h5ad")
-    (out / "experiment.yaml").write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    _write_text(
+        out / "experiment.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     )
     # Top-k DE sets exist only when there are more than k features.
     headline = ev.headline_metric if ev.headline_metric in summary else "r2_delta_all"
@@ -341,7 +345,7 @@ def _write_report(
         "model_beats_best_baseline_on": wins,
         "summary": json.loads(summary.to_json(orient="index")),
     }
-    (out / "summary.json").write_text(json.dumps(record, indent=2))
+    _write_text(out / "summary.json", json.dumps(record, indent=2))
     lines = [
         f"# condmonge experiment: {config.dataset}, {s.kind} split",
         "",
@@ -375,8 +379,12 @@ def _write_report(
         "",
     ]
     lines += [f"![{f}]({f})" for f in figures]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    _write_text(out / "report.md", "\n".join(lines) + "\n")
     return record
+
+
+def _write_text(path: Path, text: str) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def _frame_markdown(frame: pd.DataFrame) -> str:

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from condmonge.evaluate.metrics import METRIC_DIRECTIONS, metric_higher_is_better  # noqa: E402
+from condmonge.train.checkpoint import replace_atomically  # noqa: E402
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -100,11 +101,10 @@ def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = HEADLINE_METRICS
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_summary(
