@@ -132,9 +132,10 @@ class ExperimentConfig(_Strict):
 
     ``embeddings`` maps an obs column to a CSV table, a SMILES spec ``smiles:PATH`` /
     ``smiles,kind=both,pca=32:PATH`` (RDKit features fitted on the training drugs), ``effect``
-    (response signatures of the training split) or ``effect+smiles...:PATH`` (the same, with
-    drugs unseen in training inferred from structure). Paths are relative to the config file.
-    The model and every baseline get the same tables.
+    (response signatures of the training split), ``effect+smiles...:PATH`` (the same, with
+    drugs unseen in training inferred from structure) or, for the cell-type column,
+    ``controls`` (each cell type's mean control profile, for cell-type-out splits). Paths are
+    relative to the config file. The model and every baseline get the same tables.
     """
 
     dataset: str = "norman_mcfaline"
@@ -158,7 +159,7 @@ class ExperimentConfig(_Strict):
 
         for key, spec in value.items():
             rest = spec[len("effect+") :] if spec.startswith("effect+") else spec
-            if spec == "effect":
+            if spec in ("effect", "controls"):
                 continue
             try:
                 parsed = parse_smiles_spec(rest)
@@ -275,6 +276,8 @@ def _embedding_source(config: ExperimentConfig, base: Path, spec: str):
     from condmonge.conditions.smiles import parse_smiles_spec
 
     d = config.model.data
+    if spec == "controls":
+        return _controls_source(config)
     structure = parse_smiles_spec(spec[len("effect+") :] if spec.startswith("effect+") else spec)
     if structure is not None:
         structure = replace(structure, path=str(base / structure.path))
@@ -312,6 +315,34 @@ def _embedding_source(config: ExperimentConfig, base: Path, spec: str):
         )
 
     return effect
+
+
+def _controls_source(config: ExperimentConfig):
+    """Cell-type context from control cells: each type's mean control profile (training split).
+
+    The means are projected on ``effect.n_components`` principal axes fitted on the training
+    cell types; a held-out cell type gets its row from its own control cells, which are
+    observed (they are what its prediction starts from).
+    """
+    d = config.model.data
+
+    def controls(train, fit_names):
+        from condmonge.conditions.smiles import reduce_embedding
+        from condmonge.data.anndata_io import feature_matrix
+
+        if d.cell_type_key is None:
+            raise ConfigError("'controls' embeddings need model.data.cell_type_key")
+        is_control = (train.obs[d.condition_key].astype(str) == str(d.control)).to_numpy()
+        types = train.obs[d.cell_type_key].astype(str).to_numpy()
+        x = feature_matrix(train, d.use_rep)
+        names = sorted(set(types[is_control]))
+        means = pd.DataFrame(
+            [x[is_control & (types == t)].mean(axis=0) for t in names], index=names
+        )
+        k = min(config.effect.n_components, len(fit_names))
+        return reduce_embedding(means, k, fit_names)
+
+    return controls
 
 
 def _resolve_embeddings(config: ExperimentConfig, sources: dict[str, Any], train: ad.AnnData):
