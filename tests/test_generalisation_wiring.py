@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -16,6 +17,7 @@ from condmonge.evaluate.experiment import (
     _embedding_source,
     _resolve_embeddings,
     experiment_config_from_dict,
+    load_experiment_config,
 )
 from conftest import make_adata, tiny_config
 
@@ -134,3 +136,25 @@ def test_effect_plus_smiles_is_fitted_on_the_training_split(tmp_path):
         config, source, other[other.obs["condition"] != "paracetamol"].copy()
     )["condition"]
     pd.testing.assert_frame_equal(table, again)
+
+
+def test_controls_embedding_places_a_held_out_cell_type():
+    config = experiment_config_from_dict(
+        {
+            "embeddings": {"cell_type": "controls"},
+            "effect": {"n_components": 2},
+            "model": {"data": {"cell_type_key": "cell_type"}},
+        }
+    )
+    data = make_adata(n_per_condition=20, d=4, conditions=("A",), cell_types=["k1", "k2", "k3"])
+    held = ((data.obs["cell_type"] == "k3") & (data.obs["condition"] != "control")).to_numpy()
+    train = data[~held].copy()
+    source = {"cell_type": _embedding_source(config, Path("."), "controls")}
+    table = _resolve_embeddings(config, source, train)["cell_type"]
+    assert list(table.index) == ["k1", "k2", "k3"] and table.shape[1] == 2
+
+
+def test_sciplex_like_example_validates():
+    path = Path(__file__).resolve().parents[1] / "examples" / "sciplex_like.yaml"
+    config = load_experiment_config(path)
+    assert config.dataset == "sciplex_like" and config.split.kind == "kfold"
