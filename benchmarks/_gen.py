@@ -43,7 +43,7 @@ def train_section(steps: int, cells: int, conditions: int, seed: int = 0) -> dic
         "learning_rate": 0.003,
         "cells_per_condition": cells,
         "conditions_per_step": conditions,
-        "validate_every": max(steps // 10, 1),
+        "validate_every": max(steps // 3, 1),  # validation passes over every condition
         "checkpoint_every": 10**6,
         "progress": False,
         "seed": seed,

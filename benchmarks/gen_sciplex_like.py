@@ -1,6 +1,6 @@
 """Unseen drugs and doses: semi-synthetic sci-Plex (the 188 real sci-Plex SMILES, known maps).
 
-    python benchmarks/gen_sciplex_like.py [--drugs 40] [--folds 2] [--cells 50] [--steps 300]
+    python benchmarks/gen_sciplex_like.py [--drugs 40] [--folds 2] [--cells 50] [--steps 200]
         [--dose-out 1000] [--data-dir ../shared/data] [--out runs/gen_sciplex_like]
 
 ``condmonge.datasets.sciplex_like``: each drug's response is a known OT map (gradient of a
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--cells", type=int, default=50, help="cells per drug, dose, cell line")
     parser.add_argument("--features", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--dose-out", type=float, default=1000.0)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: drug,dose")
     parser.add_argument("--seed", type=int, default=0)
