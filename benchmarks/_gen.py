@@ -50,13 +50,28 @@ def train_section(steps: int, cells: int, conditions: int, seed: int = 0) -> dic
     }
 
 
+REUSE = "--reuse" in sys.argv
+
+
 def run(tree: dict[str, Any], out: Path, tag: str) -> tuple[pd.DataFrame, float]:
-    """Run one experiment config (a dict) into ``out``; per-condition rows tagged ``tag``."""
+    """Run one experiment config (a dict) into ``out``; per-condition rows tagged ``tag``.
+
+    With ``--reuse`` on the command line, a run whose ``out`` already holds the same
+    ``experiment.yaml`` and its ``per_condition.csv`` is read back instead of rerun.
+    """
     import warnings
+
+    import yaml
 
     from condmonge.evaluate.experiment import experiment_config_from_dict, run_experiment
 
     config = experiment_config_from_dict(tree, tag)
+    saved = out / "experiment.yaml"
+    if REUSE and saved.is_file() and (out / "per_condition.csv").is_file():
+        if yaml.safe_load(saved.read_text()) == config.model_dump(mode="json"):
+            rows = pd.read_csv(out / "per_condition.csv", index_col=0)
+            rows.insert(0, "run", tag)
+            return rows, 0.0
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,6 +136,6 @@ def write_report(
         "",
         table_markdown(summary, metrics),
         "",
-        *[f"- {n}" for n in notes],
+        *[n if not n or n.startswith(("|", "#")) else f"- {n}" for n in notes],
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -1,7 +1,7 @@
 """Unseen cell types: Kang 2018 PBMC IFN-beta, cell-type-out for each cell type in turn.
 
     python benchmarks/gen_kang_cell_type.py [--cell-types CD4T,CD14+Mono,FCGR3A+Mono]
-        [--steps 300] [--data-dir ../shared/data] [--out runs/gen_kang_cell_type]
+        [--steps 150] [--data-dir ../shared/data] [--out runs/gen_kang_cell_type]
 
 For each held-out cell type: train on the stimulated cells of the other six types (and every
 type's training controls), predict the held-out type's stimulated cells from its test controls.
@@ -35,11 +35,12 @@ METRICS = ["r2_delta_top20", "r2_delta_all", "energy_distance", "mmd_rbf"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell-types", default=",".join(ALL[:3]), help="comma list or 'all'")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--n-pca", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=f"runs/{NAME}")
+    parser.add_argument("--reuse", action="store_true", help="read back finished runs in --out")
     args = parser.parse_args()
     root = data_dir(args.data_dir, NAME, FILE)
     types = ALL if args.cell_types == "all" else [t for t in args.cell_types.split(",") if t]
@@ -81,7 +82,7 @@ def main() -> None:
         out, "Unseen cell types: Kang 2018 PBMC IFN-beta, cell-type-out", command, summary,
         METRICS, rows, seconds,
         [f"condmonge beats mean_shift on r2_delta_top20 for {wins} of {len(model)} cell types",
-         "", "Per held-out cell type:", "", table_markdown(per_type, ["r2_delta_top20",
+         "", "## Per held-out cell type", "", table_markdown(per_type, ["r2_delta_top20",
                                                                       "energy_distance"])],
     )  # fmt: skip
     print(

@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument("--oracle", action="store_true", help="add the monge_gap oracle")
     parser.add_argument("--out", default=f"runs/{NAME}")
+    parser.add_argument("--reuse", action="store_true", help="read back finished runs in --out")
     args = parser.parse_args()
     out = Path(args.out)
     example = Path(__file__).resolve().parents[1] / "examples" / "norman_combination.yaml"

@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=f"runs/{NAME}")
+    parser.add_argument("--reuse", action="store_true", help="read back finished runs in --out")
     args = parser.parse_args()
     root = data_dir(args.data_dir, NAME, FILE)
     smiles = str(root / FILE)

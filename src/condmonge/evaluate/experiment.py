@@ -58,7 +58,9 @@ class SplitSettings(_Strict):
     """Arguments of :func:`condmonge.data.splits.make_split`."""
 
     kind: str = "condition"
-    holdout: list[str] | None = None
+    holdout: list[str | float] | None = Field(
+        default=None, description="labels, perturbations, cell types, or doses (numbers or 'A=10')"
+    )
     fraction: float | None = None
     n_folds: int = Field(default=5, gt=1)
     fold: int = Field(default=0, ge=0)
