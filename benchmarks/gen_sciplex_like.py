@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--dose-out", type=float, default=1000.0)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: drug,dose")
+    parser.add_argument(
+        "--embeddings",
+        default="smiles,effect+smiles,effect,onehot",
+        help="comma list of the embeddings to run (drug-out uses smiles and effect+smiles)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=f"runs/{NAME}")
@@ -75,10 +80,11 @@ def main() -> None:
         }  # fmt: skip
 
     skip = set(args.skip.split(","))
+    chosen = set(args.embeddings.split(","))
     start = time.perf_counter()
     frames = []
     if "drug" not in skip:
-        for embedding in ("smiles", "effect+smiles"):
+        for embedding in [e for e in ("smiles", "effect+smiles") if e in chosen]:
             for fold in range(args.folds):
                 split = {"kind": "kfold", "n_folds": args.folds, "fold": fold}
                 tag = f"drug-out/{embedding}/fold{fold}"
@@ -87,7 +93,7 @@ def main() -> None:
                 rows.insert(1, "embedding", embedding)
                 frames.append(rows)
     if "dose" not in skip:
-        for embedding in ("smiles", "effect", "onehot"):
+        for embedding in [e for e in ("smiles", "effect", "onehot") if e in chosen]:
             split = {"kind": "dose", "holdout": [args.dose_out]}
             tag = f"dose-out/{embedding}"
             rows, _ = run(tree(split, embedding), out / tag.replace("/", "_"), tag)

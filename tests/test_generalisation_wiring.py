@@ -108,6 +108,7 @@ def test_experiment_config_accepts_smiles_and_effect_specs():
         }
     )
     assert config.embeddings["condition"].startswith("effect+smiles")
+    assert experiment_config_from_dict({"split": {"kind": "dose", "holdout": [1000]}}).split
     for bad in ("smiles,kind=nope:drugs.csv", "effect+drugs.csv"):
         with pytest.raises(ConfigError, match="embeddings"):
             experiment_config_from_dict({"embeddings": {"condition": bad}})
