@@ -1,12 +1,12 @@
 """Unseen combinations: Norman/McFaline combination-out (the 5 eligible K562 gene pairs).
 
-    python benchmarks/gen_norman_combinations.py [--steps 600] [--seeds 0] [--oracle]
+    python benchmarks/gen_norman_combinations.py [--steps 600] [--seeds 0,1,2] [--oracle]
         [--out runs/gen_norman_combinations]
 
 The held-out pairs are those whose two single perturbations are both measured (the only ones
 the additive baseline can predict; ``examples/norman_combination.yaml``); training in 20 PCs.
 condmonge vs additive, mean-shift, linear and identity on r2_delta_top20, energy distance and
-MMD. ``--steps 1500 --seeds 0,1,2`` is the full run. Prints one JSON line.
+MMD. ``--steps 1500`` is the longer run (worse: see docs/RESULTS.md). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ NAME = "gen_norman_combinations"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--oracle", action="store_true", help="add the monge_gap oracle")
     parser.add_argument("--out", default=f"runs/{NAME}")
     parser.add_argument("--reuse", action="store_true", help="read back finished runs in --out")
