@@ -6,6 +6,7 @@ Every error caused by input exits with code 2 and one line on stderr; no traceba
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,16 +30,35 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-def _embeddings(items: list[str]) -> dict[str, Any]:
-    from condmonge.conditions.encoders import read_table
+def _embeddings(items: list[str], control: str | None = None) -> dict[str, Any]:
+    """``KEY=TABLE.csv`` or ``KEY=smiles[,OPTION=VALUE...]:SMILES.csv`` -> embeddings of fit.
 
-    tables = {}
+    A SMILES spec becomes a callable that the model calls with the training perturbations,
+    so the feature cleaning (and the PCA, ``pca=K``) is fitted on training drugs only.
+    """
+    from condmonge.conditions.encoders import read_table
+    from condmonge.conditions.smiles import parse_smiles_spec
+
+    tables: dict[str, Any] = {}
     for item in items:
         key, sep, path = item.partition("=")
         if not sep or not key or not path:
-            raise DataError(f"--embedding '{item}' must be KEY=TABLE.csv (e.g. drug=drugs.csv)")
-        tables[key] = read_table(path, key)
+            raise DataError(
+                f"--embedding '{item}' must be KEY=TABLE.csv or KEY=smiles:SMILES.csv "
+                "(e.g. drug=drugs.csv)"
+            )
+        spec = parse_smiles_spec(path)
+        if spec is None:
+            tables[key] = read_table(path, key)
+            continue
+        if not Path(spec.path).is_file():
+            raise DataError(f"--embedding '{item}': SMILES table '{spec.path}' does not exist")
+        tables[key] = partial(_smiles_table, spec, control)
     return tables
+
+
+def _smiles_table(spec: Any, control: str | None, fit_names: list[str]) -> Any:
+    return spec.load(fit_names=fit_names, control=control)
 
 
 @app.command()
@@ -51,7 +71,11 @@ def train(
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
     embedding: Annotated[
         list[str] | None,
-        typer.Option(help="KEY=TABLE.csv: feature table for an obs column (repeatable)."),
+        typer.Option(
+            help="KEY=TABLE.csv: feature table for an obs column, or KEY=smiles:SMILES.csv "
+            "(also smiles,kind=both,pca=32:PATH): RDKit features of the drugs, fitted on the "
+            "training drugs (repeatable)."
+        ),
     ] = None,
     holdout: Annotated[str | None, typer.Option(help="Conditions to hold out: C1,C2+C3.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
@@ -80,7 +104,7 @@ def train(
             raise DataError("give --condition-key (the obs column naming each cell's condition)")
         if control is None and config is None:
             raise DataError("give --control (the label of control cells)")
-        tables = _embeddings(embedding or [])
+        tables = _embeddings(embedding or [], control if control is not None else cfg.data.control)
         adata = read_h5ad(data)
         model = ConditionalMonge(cfg).fit(
             adata,

@@ -146,8 +146,10 @@ class ConditionalMonge:
           dose_key, cell_type_key, covariate_keys: optional obs columns.
           use_rep: an ``obsm`` key to train on instead of X (e.g. ``"X_pca"``).
           embeddings: tables (index = name, numeric columns) keyed by the obs column they
-            describe (``condition_key`` or ``cell_type_key``); perturbations without one are
-            one-hot encoded and only seen ones can be predicted.
+            describe (``condition_key`` or ``cell_type_key``), or callables
+            ``table(fit_names) -> DataFrame`` called with the training perturbations (cell
+            types) so that anything they fit sees training names only; perturbations without
+            one are one-hot encoded and only seen ones can be predicted.
           holdout: condition labels (``"A+B"``) or keys kept out of training.
           steps, seed: override ``config.train.steps`` and ``config.train.seed``.
           checkpoint_dir: where to write checkpoints during training.
@@ -275,6 +277,7 @@ class ConditionalMonge:
             )
         perts = sorted({p for c in self.conditions for p in c.perturbations})
         table = _embedding_for(embeddings, (d.condition_key, "perturbation"))
+        table = table(perts) if callable(table) else table  # fitted on training names only
         pert_encoder: FeatureEncoder = (
             TableEncoder(table, "perturbation").fit(perts)
             if table is not None
@@ -284,6 +287,7 @@ class ConditionalMonge:
         if d.cell_type_key is not None:
             types = sorted({str(t) for t in cells.cell_type_of_cell})
             table = _embedding_for(embeddings, (d.cell_type_key, "cell_type"))
+            table = table(types) if callable(table) else table
             cell_encoder = (
                 TableEncoder(table, "cell type").fit(types)
                 if table is not None

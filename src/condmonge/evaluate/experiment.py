@@ -19,14 +19,14 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anndata as ad
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from condmonge.config import Config
 from condmonge.data.anndata_io import feature_matrix, read_h5ad, write_h5ad_atomic
@@ -59,7 +59,9 @@ class SplitSettings(_Strict):
     """Arguments of :func:`condmonge.data.splits.make_split`."""
 
     kind: str = "condition"
-    holdout: list[str] | None = None
+    holdout: list[str | float] | None = Field(
+        default=None, description="labels, perturbations, cell types, or doses (numbers or 'A=10')"
+    )
     fraction: float | None = None
     n_folds: int = Field(default=5, gt=1)
     fold: int = Field(default=0, ge=0)
@@ -76,6 +78,35 @@ class SyntheticSettings(_Strict):
     embedding_dim: int = Field(default=8, gt=0)
     n_unseen: int = Field(default=5, ge=0)
     seed: int = 0
+
+
+class SciplexLikeSettings(_Strict):
+    """Arguments of :func:`condmonge.datasets.sciplex_like` (``dataset: sciplex_like``).
+
+    ``smiles`` is a CSV of drug names and SMILES (relative to the config file; ``None``: the
+    package's small example set); ``n_drugs`` keeps its first drugs.
+    """
+
+    smiles: str | None = None
+    n_drugs: int | None = Field(default=None, gt=1)
+    doses: list[float] = [10.0, 100.0, 1000.0, 10000.0]
+    cell_types: list[str] = ["A549", "K562", "MCF7"]
+    n_cells: int = Field(default=100, gt=1)
+    n_features: int = Field(default=50, gt=0)
+    seed: int = 0
+
+
+class EffectSettings(_Strict):
+    """The ``effect`` embeddings (:func:`condmonge.conditions.effect.effect_embedding`).
+
+    Fitted on the training split only; with ``effect+smiles:PATH`` the drugs without training
+    cells are inferred from structure (:func:`~condmonge.conditions.effect.
+    infer_effect_embedding`).
+    """
+
+    n_components: int = Field(default=10, gt=0)
+    method: Literal["mean_shift", "energy_mds", "ot_mds"] = "mean_shift"
+    infer: Literal["ridge", "knn"] = "ridge"
 
 
 class MongeGapSettings(_Strict):
@@ -99,19 +130,47 @@ class ExperimentConfig(_Strict):
     """One experiment, validated; unknown keys are errors.
 
     ``dataset`` is ``norman_mcfaline`` (shipped), ``synthetic`` (known OT maps, L2-UVP
-    reported) or a path to an ``.h5ad`` (relative to the config file).
+    reported), ``sciplex_like`` (semi-synthetic sci-Plex: real SMILES, known maps, L2-UVP) or a
+    path to an ``.h5ad`` (relative to the config file).
+
+    ``embeddings`` maps an obs column to a CSV table, a SMILES spec ``smiles:PATH`` /
+    ``smiles,kind=both,pca=32:PATH`` (RDKit features fitted on the training drugs), ``effect``
+    (response signatures of the training split), ``effect+smiles...:PATH`` (the same, with
+    drugs unseen in training inferred from structure) or, for the cell-type column,
+    ``controls`` (each cell type's mean control profile, for cell-type-out splits). Paths are
+    relative to the config file. The model and every baseline get the same tables.
     """
 
     dataset: str = "norman_mcfaline"
     synthetic: SyntheticSettings = SyntheticSettings()
+    sciplex_like: SciplexLikeSettings = SciplexLikeSettings()
     split: SplitSettings = SplitSettings()
     embeddings: dict[str, str] = Field(
-        default_factory=dict, description="obs column -> CSV table (relative to the config file)"
+        default_factory=dict,
+        description="obs column -> CSV table, smiles:PATH, effect or effect+smiles:PATH",
     )
+    effect: EffectSettings = EffectSettings()
     baselines: list[str] = ["identity", "mean_shift", "additive", "linear", "monge_gap"]
     monge_gap: MongeGapSettings = MongeGapSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     model: Config = Config()
+
+    @field_validator("embeddings")
+    @classmethod
+    def _check_embeddings(cls, value: dict[str, str]) -> dict[str, str]:
+        from condmonge.conditions.smiles import parse_smiles_spec
+
+        for key, spec in value.items():
+            rest = spec[len("effect+") :] if spec.startswith("effect+") else spec
+            if spec in ("effect", "controls"):
+                continue
+            try:
+                parsed = parse_smiles_spec(rest)
+            except ConfigError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+            if spec.startswith("effect+") and parsed is None:
+                raise ValueError(f"{key}: '{spec}' must be effect+smiles[,OPTION=VALUE...]:PATH")
+        return value
 
 
 def experiment_config_from_dict(tree: dict[str, Any], source: str = "config") -> ExperimentConfig:
@@ -149,12 +208,17 @@ class ExperimentResult:
 
 
 def _load(config: ExperimentConfig, base: Path):
-    """The AnnData, embedding tables and (synthetic only) the true maps of an experiment."""
+    """The AnnData, embedding sources, true maps (synthetic data) and holdout of an experiment.
+
+    Embedding sources are tables or callables ``(train_adata, fit_names) -> table``, resolved
+    by :func:`_resolve_embeddings` once the training split is known.
+    """
     true_map: Callable | None = None
-    embeddings = {
-        key: pd.read_csv(base / path, index_col=0) for key, path in config.embeddings.items()
+    embeddings: dict[str, Any] = {
+        key: _embedding_source(config, base, spec) for key, spec in config.embeddings.items()
     }
     holdout = config.split.holdout
+    d = config.model.data
     if config.dataset == "norman_mcfaline":
         from condmonge.datasets import norman_mcfaline
 
@@ -172,17 +236,136 @@ def _load(config: ExperimentConfig, base: Path):
             seed=s.seed,
         )
         adata = task.adata
-        embeddings.setdefault(config.model.data.condition_key, task.embeddings)
-        dose_key = config.model.data.dose_key
+        embeddings.setdefault(d.condition_key, task.embeddings)
+        dose_key = d.dose_key
 
         def true_map(cond, x):
             return task.true_map(cond.label(), x, cond.doses[0] if dose_key else None)
 
         if holdout is None and config.split.kind == "condition" and task.unseen:
             holdout = list(task.unseen)
+    elif config.dataset == "sciplex_like":
+        from condmonge.conditions.smiles import read_smiles_table
+        from condmonge.datasets import sciplex_like
+
+        s = config.sciplex_like
+        sciplex = sciplex_like(
+            read_smiles_table(base / s.smiles) if s.smiles is not None else None,
+            n_drugs=s.n_drugs,
+            doses=s.doses,
+            cell_types=s.cell_types,
+            n_cells=s.n_cells,
+            n_features=s.n_features,
+            control=d.control,
+            seed=s.seed,
+        )
+        adata = sciplex.adata
+        if (d.condition_key, d.dose_key, d.cell_type_key) != ("condition", "dose", "cell_type"):
+            raise ConfigError(
+                "dataset sciplex_like needs model.data.condition_key: condition, dose_key: dose "
+                "and cell_type_key: cell_type"
+            )
+
+        def true_map(cond, x):
+            return sciplex.true_map(cond.label(), cond.doses[0], cond.cell_type, x)
+
     else:
         adata = read_h5ad(base / config.dataset)
     return adata, embeddings, true_map, holdout
+
+
+def _embedding_source(config: ExperimentConfig, base: Path, spec: str):
+    """A table (plain CSV) or a callable ``(train, fit_names) -> table`` for one spec."""
+    from condmonge.conditions.smiles import parse_smiles_spec
+
+    d = config.model.data
+    if spec == "controls":
+        return _controls_source(config)
+    structure = parse_smiles_spec(spec[len("effect+") :] if spec.startswith("effect+") else spec)
+    if structure is not None:
+        structure = replace(structure, path=str(base / structure.path))
+    if spec != "effect" and not spec.startswith("effect+"):
+        if structure is None:
+            return pd.read_csv(base / spec, index_col=0)
+
+        def smiles(train, fit_names):
+            return structure.load(fit_names=fit_names, control=d.control)
+
+        return smiles
+
+    e = config.effect
+
+    def effect(train, fit_names):
+        from condmonge.conditions.effect import effect_embedding, infer_effect_embedding
+
+        singles = [n for n in fit_names if n in set(train.obs[d.condition_key].astype(str))]
+        table = effect_embedding(
+            train,
+            d.condition_key,
+            d.control,
+            train_conditions=fit_names,
+            missing="skip",
+            cell_type_key=d.cell_type_key,
+            dose_key=d.dose_key,
+            n_components=min(e.n_components, max(len(singles), 1)),
+            method=e.method,
+            use_rep=d.use_rep,
+        )
+        if structure is None:
+            return table
+        return infer_effect_embedding(
+            table, structure.load(fit_names=fit_names, control=d.control), method=e.infer
+        )
+
+    return effect
+
+
+def _controls_source(config: ExperimentConfig):
+    """Cell-type context from control cells: each type's mean control profile (training split).
+
+    The means are projected on ``effect.n_components`` principal axes fitted on the training
+    cell types; a held-out cell type gets its row from its own control cells, which are
+    observed (they are what its prediction starts from).
+    """
+    d = config.model.data
+
+    def controls(train, fit_names):
+        from condmonge.conditions.smiles import reduce_embedding
+        from condmonge.data.anndata_io import feature_matrix
+
+        if d.cell_type_key is None:
+            raise ConfigError("'controls' embeddings need model.data.cell_type_key")
+        is_control = (train.obs[d.condition_key].astype(str) == str(d.control)).to_numpy()
+        types = train.obs[d.cell_type_key].astype(str).to_numpy()
+        x = feature_matrix(train, d.use_rep)
+        names = sorted(set(types[is_control]))
+        means = pd.DataFrame(
+            [x[is_control & (types == t)].mean(axis=0) for t in names], index=names
+        )
+        k = min(config.effect.n_components, len(fit_names))
+        return reduce_embedding(means, k, fit_names)
+
+    return controls
+
+
+def _resolve_embeddings(config: ExperimentConfig, sources: dict[str, Any], train: ad.AnnData):
+    """Call every embedding source with the training split's names.
+
+    Sources of the cell-type column get the training cell types, the others the training
+    perturbations; the same tables then go to the model and to every baseline.
+    """
+    from condmonge.data.prepare import label_cells
+
+    d = config.model.data
+    cells = label_cells(train, d)
+    perts = sorted({p for c in cells.conditions for p in c.perturbations})
+    types = sorted({str(c.cell_type) for c in cells.conditions if c.cell_type is not None})
+    return {
+        key: source(train, types if key == d.cell_type_key else perts)
+        if callable(source)
+        else source
+        for key, source in sources.items()
+    }
 
 
 def run_experiment(
@@ -218,6 +401,7 @@ def run_experiment(
     sides = split_summary(adata, "split")
     train = adata[(split == "train").to_numpy()].copy()
     test = adata[(split == "test").to_numpy()].copy()
+    embeddings = _resolve_embeddings(config, embeddings, train)
     truth = truth_sets(test, d)
     conditions = list(truth.conditions.values())
     say(f"split {s.kind}: {len(conditions)} test conditions, {train.n_obs} training cells")
