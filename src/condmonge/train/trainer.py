@@ -4,11 +4,15 @@
 each from arrays already on the device and evaluates all conditions with ``vmap``; it is traced
 once per run whatever the number of conditions. The host loop only logs, validates, stops early
 and checkpoints.
+
+With ``mesh`` (see :mod:`condmonge.train.sharding`) the batch's condition axis is split over the
+devices of the mesh; the step is otherwise identical.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +37,7 @@ from condmonge.data.prepare import CellPools
 from condmonge.data.sampler import sample_batch, sample_cells
 from condmonge.errors import TrainingError, TrainingInterrupted
 from condmonge.models.losses import make_conditional_loss
+from condmonge.train.sharding import shard_conditions
 
 __all__ = [
     "TrainState",
@@ -40,6 +45,7 @@ __all__ = [
     "make_eval_fn",
     "make_optimizer",
     "make_train_step",
+    "make_value_and_grad",
     "train_loop",
 ]
 
@@ -80,15 +86,53 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
 
 
+def _all_finite(tree: Any) -> jnp.ndarray:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
+
+
+def make_value_and_grad(
+    apply_fn: Callable[..., jnp.ndarray], loss_cfg: LossConfig
+) -> Callable[..., tuple[tuple[jnp.ndarray, dict], Any, jnp.ndarray]]:
+    """``(loss, aux), grads, fell_back`` of the conditional loss w.r.t. the parameters.
+
+    With ``loss_cfg.sinkhorn_scaling`` the solves run in the scaling domain; if the loss or a
+    gradient is not finite or a solve did not converge, the same batch is recomputed in the log
+    domain (``lax.cond``: only then is that branch executed) and ``fell_back`` is true.
+    """
+    safe = jax.value_and_grad(make_conditional_loss(apply_fn, loss_cfg, True), has_aux=True)
+    if not loss_cfg.sinkhorn_scaling:
+
+        def plain(*args):
+            out, grads = safe(*args)
+            return out, grads, jnp.zeros((), bool)
+
+        return plain
+    fast = jax.value_and_grad(make_conditional_loss(apply_fn, loss_cfg, False), has_aux=True)
+
+    def value_and_grad(*args):
+        out, grads = fast(*args)
+        ok = _all_finite((out[0], grads)) & jnp.all(out[1]["converged"])
+        out, grads = jax.lax.cond(ok, lambda: (out, grads), lambda: safe(*args))
+        return out, grads, ~ok
+
+    return value_and_grad
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
     loss_cfg: LossConfig,
     train_cfg: TrainConfig,
     on_trace: Callable[[], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, CellPools, EncodedConditions], tuple[TrainState, dict]]:
-    """The jitted training step. ``on_trace`` is called each time JAX traces it (for tests)."""
-    loss_fn = make_conditional_loss(model.apply, loss_cfg)
+    """The jitted training step. ``on_trace`` is called each time JAX traces it (for tests).
+
+    ``mesh``: shard the ``k`` sampled conditions over its devices (data parallel); the caller
+    places ``state``, pools and conditions replicated on the mesh
+    (:func:`condmonge.train.sharding.replicate`).
+    """
+    value_and_grad = make_value_and_grad(model.apply, loss_cfg)
 
     @jax.jit
     def step(state: TrainState, pools: CellPools, conditions: EncodedConditions):
@@ -102,8 +146,11 @@ def make_train_step(
             train_cfg.conditions_per_step,
             train_cfg.cells_per_condition,
         )
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.constants, batch.source, batch.target, batch.condition
+        source, target, condition = shard_conditions(
+            (batch.source, batch.target, batch.condition), mesh
+        )
+        (loss, aux), grads, fell_back = value_and_grad(
+            state.params, state.constants, source, target, condition
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -113,6 +160,7 @@ def make_train_step(
             "monge_gap": aux["monge_gap"],
             "per_condition": aux["per_condition"],
             "condition_index": batch.condition_index,
+            "log_domain_fallback": fell_back,
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new_state, metrics
@@ -129,8 +177,16 @@ def make_eval_fn(
     masked), ``validation_batches`` times, so the value is comparable from one call to the next
     and no condition is left out of early stopping.
     """
-    loss_fn = make_conditional_loss(model.apply, loss_cfg)
+    safe_fn = make_conditional_loss(model.apply, loss_cfg, True)
+    fast_fn = make_conditional_loss(model.apply, loss_cfg, not loss_cfg.sinkhorn_scaling)
     k = train_cfg.conditions_per_step
+
+    def loss_fn(*args):
+        out = fast_fn(*args)
+        if not loss_cfg.sinkhorn_scaling:
+            return out
+        ok = _all_finite(out[1]["per_condition"]) & jnp.all(out[1]["converged"])
+        return jax.lax.cond(ok, lambda: out, lambda: safe_fn(*args))
 
     @jax.jit
     def evaluate(params, constants, pools, conditions, rng):
@@ -193,6 +249,7 @@ def train_loop(
     start_step = int(state.step)
     last_logged = (time.perf_counter(), start_step)
     rate = "-"
+    fell_back_warned = False
     with _progress(cfg.progress) as bar:
         task = bar.add_task(
             "train", total=cfg.steps, completed=start_step, loss="-", val="-", rate="-"
@@ -204,6 +261,14 @@ def train_loop(
                 done_validating = step % cfg.validate_every == 0 or step == cfg.steps
                 if step % log_every == 0 or done_validating:
                     loss = float(metrics["loss"])
+                    if bool(metrics["log_domain_fallback"]) and not fell_back_warned:
+                        fell_back_warned = True
+                        warnings.warn(
+                            f"step {step}: a scaling-domain Sinkhorn solve did not converge or "
+                            "was not finite and the step was redone in the log domain (slower); "
+                            "if this recurs set loss.sinkhorn_scaling=false",
+                            stacklevel=2,
+                        )
                     if not np.isfinite(loss):
                         per = np.asarray(metrics["per_condition"])
                         idx = np.asarray(metrics["condition_index"])
