@@ -36,7 +36,7 @@ from condmonge.config import LossConfig, TrainConfig
 from condmonge.data.prepare import CellPools
 from condmonge.data.sampler import sample_batch, sample_cells
 from condmonge.errors import TrainingError, TrainingInterrupted
-from condmonge.models.losses import make_conditional_loss
+from condmonge.models.losses import make_conditional_loss, solves_are_sound
 from condmonge.train.sharding import shard_conditions
 
 __all__ = [
@@ -96,7 +96,8 @@ def make_value_and_grad(
     """``(loss, aux), grads, fell_back`` of the conditional loss w.r.t. the parameters.
 
     With ``loss_cfg.sinkhorn_scaling`` the solves run in the scaling domain; if the loss or a
-    gradient is not finite or a solve did not converge, the same batch is recomputed in the log
+    gradient is not finite or a solve ended far from its marginals
+    (:func:`~condmonge.models.losses.solves_are_sound`), the same batch is recomputed in the log
     domain (``lax.cond``: only then is that branch executed) and ``fell_back`` is true.
     """
     safe = jax.value_and_grad(make_conditional_loss(apply_fn, loss_cfg, True), has_aux=True)
@@ -111,7 +112,7 @@ def make_value_and_grad(
 
     def value_and_grad(*args):
         out, grads = fast(*args)
-        ok = _all_finite((out[0], grads)) & jnp.all(out[1]["converged"])
+        ok = _all_finite((out[0], grads)) & solves_are_sound(out[1], loss_cfg)
         out, grads = jax.lax.cond(ok, lambda: (out, grads), lambda: safe(*args))
         return out, grads, ~ok
 
@@ -185,7 +186,7 @@ def make_eval_fn(
         out = fast_fn(*args)
         if not loss_cfg.sinkhorn_scaling:
             return out
-        ok = _all_finite(out[1]["per_condition"]) & jnp.all(out[1]["converged"])
+        ok = solves_are_sound(out[1], loss_cfg)
         return jax.lax.cond(ok, lambda: out, lambda: safe_fn(*args))
 
     @jax.jit
