@@ -135,12 +135,13 @@ def _write_backed(tmp_path, adata):
     return ad.read_h5ad(path, backed="r")
 
 
-def test_streaming_pca_equals_in_memory_pca(tmp_path):
-    adata = make_adata(n_per_condition=50, d=12, sparse=True)
+@pytest.mark.parametrize("sparse", [True, False])
+def test_streaming_pca_equals_in_memory_pca(tmp_path, sparse):
+    adata = make_adata(n_per_condition=50, d=12, sparse=sparse)
     backed = _write_backed(tmp_path, adata)
     rows = np.arange(adata.n_obs) % 3 != 0
     projection, latent = fit_backed_projection(backed, 4, rows, chunk=17)
-    dense = adata.X.toarray()
+    dense = adata.X.toarray() if sparse else adata.X
     reference = fit_pca(dense[rows], 4)
     np.testing.assert_allclose(projection.mean, reference.mean, atol=1e-5)
     np.testing.assert_allclose(projection.components, reference.components, atol=1e-4)
