@@ -84,7 +84,12 @@ def run_one(args: argparse.Namespace) -> dict:
     from condmonge.config import Config
     from condmonge.models.networks import ConditionalResidualMap
     from condmonge.train.sharding import condition_mesh, replicate
-    from condmonge.train.trainer import TrainState, make_optimizer, make_train_step
+    from condmonge.train.trainer import (
+        TrainState,
+        make_optimizer,
+        make_train_step,
+        use_scaling_domain,
+    )
 
     k, n, d = args.conditions_per_step, args.cells, args.features
     cfg = Config().updated(
@@ -93,7 +98,7 @@ def run_one(args: argparse.Namespace) -> dict:
             "train.cells_per_condition": n,
             "train.precision": args.precision,
             "train.data_parallel": args.data_parallel,
-            "loss.sinkhorn_scaling": not args.log_domain,
+            "loss.sinkhorn_scaling": False if args.log_domain else None,
         }
     )
     pools, conditions = synthetic_pools(args.conditions, args.pool_cells, d)
@@ -134,7 +139,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "conditions_per_step": k,
         "precision": args.precision,
         "data_parallel": bool(mesh is not None),
-        "sinkhorn_scaling": not args.log_domain,
+        "sinkhorn_scaling": use_scaling_domain(cfg.loss),
         "steps": args.steps,
         "compile_s": round(compile_s, 2),
         "step_ms": round(1000 * wall / args.steps, 1),

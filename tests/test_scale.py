@@ -111,7 +111,7 @@ def test_scaling_domain_overflow_falls_back_to_log_domain():
     x, y = _batch()
     cfg = {"fit_epsilon": 1e-4, "monge_gap_epsilon": 1e-4, "sinkhorn_max_iterations": 20}
     params = {"shift": jnp.full((4,), 0.3)}
-    fast = make_value_and_grad(_apply, LossConfig(**cfg))
+    fast = make_value_and_grad(_apply, LossConfig(**cfg, sinkhorn_scaling=True))
     safe = make_value_and_grad(_apply, LossConfig(**cfg, sinkhorn_scaling=False))
     (loss_f, _), grad_f, fell_back = jax.jit(fast)(params, None, x, y, None)
     (loss_s, _), grad_s, _ = jax.jit(safe)(params, None, x, y, None)

@@ -71,10 +71,10 @@ class LossConfig(_Strict):
     sinkhorn_max_iterations: int = Field(default=50, gt=0)
     sinkhorn_threshold: float = Field(default=1e-3, gt=0.0)
     sinkhorn_momentum: float | None = Field(default=None, ge=1.0, lt=2.0)
-    sinkhorn_scaling: bool = Field(
-        default=True,
-        description="solve in the scaling (kernel) domain, 2-3x faster; a step whose result is "
-        "not finite is redone in the log domain",
+    sinkhorn_scaling: bool | None = Field(
+        default=None,
+        description="solve in the scaling (kernel) domain (faster on CPU), redoing a step in the "
+        "log domain when a solve is unsound; None: on CPU only (on GPUs the log domain is faster)",
     )
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "make_value_and_grad",
+    "use_scaling_domain",
     "train_loop",
 ]
 
@@ -90,18 +91,30 @@ def _all_finite(tree: Any) -> jnp.ndarray:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
 
 
+def use_scaling_domain(loss_cfg: LossConfig) -> bool:
+    """``loss.sinkhorn_scaling``, with ``None`` resolved to: on the CPU backend only.
+
+    Measured: on 2 CPU cores the scaling domain cuts the step's CPU time by about a quarter; on
+    an H100 the log domain is faster (its exponentials are cheap, and TF32 matrix-vector
+    products leave the scaling solves short of the marginal check).
+    """
+    if loss_cfg.sinkhorn_scaling is not None:
+        return loss_cfg.sinkhorn_scaling
+    return jax.default_backend() == "cpu"
+
+
 def make_value_and_grad(
     apply_fn: Callable[..., jnp.ndarray], loss_cfg: LossConfig
 ) -> Callable[..., tuple[tuple[jnp.ndarray, dict], Any, jnp.ndarray]]:
     """``(loss, aux), grads, fell_back`` of the conditional loss w.r.t. the parameters.
 
-    With ``loss_cfg.sinkhorn_scaling`` the solves run in the scaling domain; if the loss or a
+    When :func:`use_scaling_domain`, the solves run in the scaling domain; if the loss or a
     gradient is not finite or a solve ended far from its marginals
     (:func:`~condmonge.models.losses.solves_are_sound`), the same batch is recomputed in the log
     domain (``lax.cond``: only then is that branch executed) and ``fell_back`` is true.
     """
     safe = jax.value_and_grad(make_conditional_loss(apply_fn, loss_cfg, True), has_aux=True)
-    if not loss_cfg.sinkhorn_scaling:
+    if not use_scaling_domain(loss_cfg):
 
         def plain(*args):
             out, grads = safe(*args)
@@ -179,12 +192,13 @@ def make_eval_fn(
     and no condition is left out of early stopping.
     """
     safe_fn = make_conditional_loss(model.apply, loss_cfg, True)
-    fast_fn = make_conditional_loss(model.apply, loss_cfg, not loss_cfg.sinkhorn_scaling)
+    scaling = use_scaling_domain(loss_cfg)
+    fast_fn = make_conditional_loss(model.apply, loss_cfg, not scaling)
     k = train_cfg.conditions_per_step
 
     def loss_fn(*args):
         out = fast_fn(*args)
-        if not loss_cfg.sinkhorn_scaling:
+        if not scaling:
             return out
         ok = solves_are_sound(out[1], loss_cfg)
         return jax.lax.cond(ok, lambda: out, lambda: safe_fn(*args))
