@@ -131,7 +131,11 @@ def main() -> None:
 
     labels = backed.obs["condition"].astype(str).to_numpy()
     rng = np.random.default_rng(1)
-    control_rows = np.sort(rng.choice(np.flatnonzero(labels == "control"), 2000, replace=False))
+
+    def sample(rows: np.ndarray) -> np.ndarray:
+        return np.sort(rng.choice(rows, min(2000, rows.size), replace=False))
+
+    control_rows = sample(np.flatnonzero(labels == "control"))
     controls = backed[control_rows].to_memory()
     start = time.perf_counter()
     names = ["drug_0", "drug_1"]
@@ -140,7 +144,7 @@ def main() -> None:
     x_ctrl = np.asarray(controls.X.toarray())
     corr = {}
     for name in names:
-        rows = np.sort(rng.choice(np.flatnonzero(labels == name), 2000, replace=False))
+        rows = sample(np.flatnonzero(labels == name))
         observed = np.asarray(backed[rows].to_memory().X.toarray()).mean(0) - x_ctrl.mean(0)
         predicted = np.asarray(pred[pred.obs["condition"] == name].X).mean(0) - x_ctrl.mean(0)
         corr[name] = round(float(np.corrcoef(observed, predicted)[0, 1]), 4)
