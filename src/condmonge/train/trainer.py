@@ -140,90 +140,122 @@ def make_train_step(
     on_trace: Callable[[], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, CellPools, EncodedConditions], tuple[TrainState, dict]]:
-    """The jitted training step. ``on_trace`` is called each time JAX traces it (for tests).
+    """The training step: one jitted function. ``on_trace`` is called each time it is traced.
 
     ``mesh``: shard the ``k`` sampled conditions over its devices (data parallel); the caller
     places ``state``, pools and conditions replicated on the mesh
     (:func:`condmonge.train.sharding.replicate`).
+
+    With the scaling domain (:func:`use_scaling_domain`) the jitted step also reports whether
+    its solves are sound (:func:`~condmonge.models.losses.solves_are_sound`, finite gradients);
+    when not, the same step (same state, same random batch) is redone by a log-domain jitted
+    step, compiled only the first time it is needed, and ``log_domain_fallback`` is true.
     """
-    value_and_grad = make_value_and_grad(model.apply, loss_cfg)
 
-    @jax.jit
-    def step(state: TrainState, pools: CellPools, conditions: EncodedConditions):
-        if on_trace is not None:
-            on_trace()  # Python side effect: runs at trace time only.
-        rng, rng_batch = jax.random.split(state.rng)
-        batch = sample_batch(
-            rng_batch,
-            pools,
-            conditions,
-            train_cfg.conditions_per_step,
-            train_cfg.cells_per_condition,
-        )
-        source, target, condition = shard_conditions(
-            (batch.source, batch.target, batch.condition), mesh
-        )
-        (loss, aux), grads, fell_back = value_and_grad(
-            state.params, state.constants, source, target, condition
-        )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            "fit": aux["fit"],
-            "monge_gap": aux["monge_gap"],
-            "per_condition": aux["per_condition"],
-            "condition_index": batch.condition_index,
-            "log_domain_fallback": fell_back,
-        }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
-        return new_state, metrics
+    def build(lse_mode: bool, trace: Callable[[], None] | None):
+        loss_fn = make_conditional_loss(model.apply, loss_cfg, lse_mode)
 
-    return step
+        @jax.jit
+        def step(state: TrainState, pools: CellPools, conditions: EncodedConditions):
+            if trace is not None:
+                trace()  # Python side effect: runs at trace time only.
+            rng, rng_batch = jax.random.split(state.rng)
+            batch = sample_batch(
+                rng_batch,
+                pools,
+                conditions,
+                train_cfg.conditions_per_step,
+                train_cfg.cells_per_condition,
+            )
+            source, target, condition = shard_conditions(
+                (batch.source, batch.target, batch.condition), mesh
+            )
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, state.constants, source, target, condition
+            )
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            metrics = {
+                "loss": loss,
+                "fit": aux["fit"],
+                "monge_gap": aux["monge_gap"],
+                "per_condition": aux["per_condition"],
+                "condition_index": batch.condition_index,
+                "sound": _all_finite((loss, grads)) & solves_are_sound(aux, loss_cfg),
+            }
+            new_state = state.replace(
+                step=state.step + 1, params=params, opt_state=opt_state, rng=rng
+            )
+            return new_state, metrics
+
+        return step
+
+    log_step = build(True, None if use_scaling_domain(loss_cfg) else on_trace)
+    if not use_scaling_domain(loss_cfg):
+
+        def plain(state, pools, conditions):
+            new_state, metrics = log_step(state, pools, conditions)
+            return new_state, {**metrics, "log_domain_fallback": False}
+
+        return plain
+    fast_step = build(False, on_trace)
+
+    def checked(state, pools, conditions):
+        new_state, metrics = fast_step(state, pools, conditions)
+        if bool(metrics["sound"]):  # waits for the step: cheap on CPU, where this path runs
+            return new_state, {**metrics, "log_domain_fallback": False}
+        new_state, metrics = log_step(state, pools, conditions)
+        return new_state, {**metrics, "log_domain_fallback": True}
+
+    return checked
 
 
 def make_eval_fn(
     model: nn.Module, loss_cfg: LossConfig, train_cfg: TrainConfig
 ) -> Callable[[Any, Any, CellPools, EncodedConditions, jnp.ndarray], jnp.ndarray]:
-    """Jitted validation loss over *every* condition, with cells drawn with a fixed key.
+    """Validation loss over *every* condition, with cells drawn with a fixed key (jitted).
 
     Conditions are visited in chunks of ``conditions_per_step`` (the last chunk padded and
     masked), ``validation_batches`` times, so the value is comparable from one call to the next
-    and no condition is left out of early stopping.
+    and no condition is left out of early stopping. In the scaling domain an unsound result is
+    recomputed in the log domain (compiled on first need), as in :func:`make_train_step`.
     """
-    safe_fn = make_conditional_loss(model.apply, loss_cfg, True)
-    scaling = use_scaling_domain(loss_cfg)
-    fast_fn = make_conditional_loss(model.apply, loss_cfg, not scaling)
     k = train_cfg.conditions_per_step
 
-    def loss_fn(*args):
-        out = fast_fn(*args)
-        if not scaling:
-            return out
-        ok = solves_are_sound(out[1], loss_cfg)
-        return jax.lax.cond(ok, lambda: out, lambda: safe_fn(*args))
+    def build(lse_mode: bool):
+        loss_fn = make_conditional_loss(model.apply, loss_cfg, lse_mode)
 
-    @jax.jit
-    def evaluate(params, constants, pools, conditions, rng):
-        n_pool = pools.target_start.shape[0]
-        n_chunks = -(-n_pool // k)
-        index = jnp.minimum(jnp.arange(n_chunks * k), n_pool - 1).reshape(n_chunks, k)
-        weight = (jnp.arange(n_chunks * k) < n_pool).reshape(n_chunks, k)
+        @jax.jit
+        def evaluate(params, constants, pools, conditions, rng):
+            n_pool = pools.target_start.shape[0]
+            n_chunks = -(-n_pool // k)
+            index = jnp.minimum(jnp.arange(n_chunks * k), n_pool - 1).reshape(n_chunks, k)
+            weight = (jnp.arange(n_chunks * k) < n_pool).reshape(n_chunks, k)
 
-        def one(args):
-            key, idx, w = args
-            batch = sample_cells(key, pools, conditions, idx, train_cfg.cells_per_condition)
-            per_condition = loss_fn(params, constants, batch.source, batch.target, batch.condition)[
-                1
-            ]["per_condition"]
-            return jnp.sum(per_condition * w)
+            def one(args):
+                key, idx, w = args
+                batch = sample_cells(key, pools, conditions, idx, train_cfg.cells_per_condition)
+                aux = loss_fn(params, constants, batch.source, batch.target, batch.condition)[1]
+                return jnp.sum(aux["per_condition"] * w), solves_are_sound(aux, loss_cfg)
 
-        repeats = train_cfg.validation_batches
-        keys = jax.random.split(rng, repeats * n_chunks)
-        chunks = (keys, jnp.tile(index, (repeats, 1)), jnp.tile(weight, (repeats, 1)))
-        return jnp.sum(jax.lax.map(one, chunks)) / (n_pool * repeats)
+            repeats = train_cfg.validation_batches
+            keys = jax.random.split(rng, repeats * n_chunks)
+            chunks = (keys, jnp.tile(index, (repeats, 1)), jnp.tile(weight, (repeats, 1)))
+            total, sound = jax.lax.map(one, chunks)
+            return jnp.sum(total) / (n_pool * repeats), jnp.all(sound)
 
-    return evaluate
+        return evaluate
+
+    log_eval = build(True)
+    if not use_scaling_domain(loss_cfg):
+        return lambda *args: log_eval(*args)[0]
+    fast_eval = build(False)
+
+    def checked(*args):
+        value, sound = fast_eval(*args)
+        return value if bool(sound) else log_eval(*args)[0]
+
+    return checked
 
 
 def _progress(enabled: bool) -> Progress:
