@@ -127,7 +127,8 @@ def run_one(args: argparse.Namespace) -> dict:
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         state, metrics = step(state, pools, conditions)
-        fallbacks += int(metrics["log_domain_fallback"])  # also syncs each step
+        fallbacks += int(metrics["log_domain_fallback"])
+    jax.block_until_ready((state, metrics))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     steps_per_s = args.steps / wall
     return {
