@@ -71,6 +71,11 @@ class LossConfig(_Strict):
     sinkhorn_max_iterations: int = Field(default=50, gt=0)
     sinkhorn_threshold: float = Field(default=1e-3, gt=0.0)
     sinkhorn_momentum: float | None = Field(default=None, ge=1.0, lt=2.0)
+    sinkhorn_scaling: bool | None = Field(
+        default=None,
+        description="solve in the scaling (kernel) domain (faster on CPU), redoing a step in the "
+        "log domain when a solve is unsound; None: on CPU only (on GPUs the log domain is faster)",
+    )
 
 
 class TrainConfig(_Strict):
@@ -89,6 +94,15 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(default=500, gt=0)
     seed: int = 0
     progress: bool = True
+    precision: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="matmul precision of the network (parameters and OT solves stay float32)",
+    )
+    data_parallel: bool = Field(
+        default=False,
+        description="shard the conditions of each step over all JAX devices (jax.sharding); "
+        "conditions_per_step must be a multiple of the device count",
+    )
 
 
 class Config(_Strict):

@@ -27,6 +27,7 @@ from condmonge.data.anndata_io import (
     require_unique_names,
     validate_adata,
 )
+from condmonge.data.backed import fit_backed_projection, obs_only
 from condmonge.data.pca import Projection, fit_pca
 from condmonge.data.predictions import assemble_prediction, control_rows
 from condmonge.data.prepare import build_pools, label_cells, make_condition, select_conditions
@@ -39,6 +40,7 @@ from condmonge.errors import (
 )
 from condmonge.models.networks import ConditionalResidualMap
 from condmonge.train import checkpoint as ckpt
+from condmonge.train.sharding import condition_mesh, replicate
 from condmonge.train.trainer import (
     TrainLoopState,
     TrainState,
@@ -117,6 +119,7 @@ class ConditionalMonge:
             condition_dim=m.condition_dim,
             perturbation_hidden_dim=m.perturbation_hidden_dim,
             pooling=m.pooling,
+            dtype=jnp.bfloat16 if self.config.train.precision == "bfloat16" else jnp.float32,
         )
 
     # ------------------------------------------------------------------ fit
@@ -173,7 +176,13 @@ class ConditionalMonge:
                 overrides[key] = value
         self.config = self.config.updated(overrides)
         cfg = self.config
-        validate_adata(adata, cfg.data)
+        backed = adata.isbacked
+        if backed and (cfg.data.n_pca is None or cfg.data.use_rep is not None):
+            raise DataError(
+                "a backed AnnData (read_h5ad(..., backed='r')) is trained through a streaming "
+                "PCA of X: set data.n_pca (e.g. 50) and leave use_rep unset"
+            )
+        validate_adata(obs_only(adata) if backed else adata, cfg.data)
         cells = label_cells(adata, cfg.data)
         held = select_conditions(cells.conditions, holdout, cfg.data.combination_sep)
         train_ids = [i for i in range(len(cells.conditions)) if i not in set(held)]
@@ -199,13 +208,16 @@ class ConditionalMonge:
                 DataWarning,
                 stacklevel=2,
             )
-        features = feature_matrix(adata, cfg.data.use_rep)
+        # PCA fitted on controls and training conditions only: held-out cells stay unseen.
+        in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)
         self.projection = None
-        if cfg.data.n_pca is not None:
-            # Fitted on controls and training conditions only: held-out cells stay unseen.
-            in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)
-            self.projection = fit_pca(features[in_training], cfg.data.n_pca)
-            features = self.projection.encode(features)
+        if backed:  # X stays on disk: two streaming passes (see condmonge.data.backed)
+            self.projection, features = fit_backed_projection(adata, cfg.data.n_pca, in_training)
+        else:
+            features = feature_matrix(adata, cfg.data.use_rep)
+            if cfg.data.n_pca is not None:
+                self.projection = fit_pca(features[in_training], cfg.data.n_pca)
+                features = self.projection.encode(features)
         train_pools, val_pools = build_pools(
             features, cells, train_ids, cfg.data.validation_fraction, cfg.train.seed
         )
@@ -240,7 +252,13 @@ class ConditionalMonge:
         def count_trace() -> None:
             self.n_traces += 1
 
-        step_fn = make_train_step(module, optimizer, cfg.loss, cfg.train, on_trace=count_trace)
+        mesh = condition_mesh(cfg.train.conditions_per_step) if cfg.train.data_parallel else None
+        state, train_pools, val_pools, encoded = replicate(
+            (state, train_pools, val_pools, encoded), mesh
+        )
+        step_fn = make_train_step(
+            module, optimizer, cfg.loss, cfg.train, on_trace=count_trace, mesh=mesh
+        )
         eval_fn = make_eval_fn(module, cfg.loss, cfg.train)
         # A run that stopped early saved its checkpoint at the stopping step; resuming it (e.g.
         # after a kill before the process exited) must not train on.

@@ -18,7 +18,7 @@ import numpy as np
 
 from condmonge.errors import DataError
 
-__all__ = ["Projection", "fit_pca"]
+__all__ = ["Projection", "fit_pca", "projection_from_moments"]
 
 
 class Projection(NamedTuple):
@@ -50,6 +50,15 @@ def fit_pca(x: np.ndarray, n_components: int) -> Projection:
     mean = x.mean(axis=0, dtype=np.float64)
     centred = x - mean
     cov = centred.T @ centred / max(n - 1, 1)
+    return projection_from_moments(mean, cov, n_components)
+
+
+def projection_from_moments(mean: np.ndarray, cov: np.ndarray, n_components: int) -> Projection:
+    """Top ``n_components`` eigenvectors of the covariance ``cov [d, d]``, signs fixed.
+
+    Shared by :func:`fit_pca` and the streaming PCA of :mod:`condmonge.data.backed`, which
+    accumulate the same moments in memory or chunk by chunk.
+    """
     values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1][:n_components]
     components = vectors[:, order]

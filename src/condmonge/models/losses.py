@@ -11,6 +11,13 @@ For conditions :math:`c_1..c_k` sampled in a step, with source (control) cells
 with :math:`S` the Sinkhorn divergence and :math:`\mathcal{M}` the Monge gap
 (Uscidda & Cuturi 2023; Harsanyi et al. 2025, arXiv 2504.08328). Both entropic
 regularisations are relative to the mean of the batch cost matrix.
+
+Speed: the solves run by default in the *scaling* (kernel) domain, where a Sinkhorn iteration is a
+matrix-vector product with :math:`K = e^{-C/\varepsilon}` rather than a log-sum-exp over the
+:math:`n \times n` cost matrix (2-3x faster on CPU, identical values when it is finite). With
+relative epsilons :math:`C/\varepsilon` stays far from float32 underflow in practice; the training
+step checks the result and redoes the step in the log domain when it is not finite
+(:func:`make_conditional_loss` with ``lse_mode=True``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,13 @@ from ott.tools import sinkhorn_divergence as sd
 
 from condmonge.config import LossConfig
 
-__all__ = ["cost_fn_from_name", "monge_gap", "sinkhorn_divergence", "make_conditional_loss"]
+__all__ = [
+    "cost_fn_from_name",
+    "make_conditional_loss",
+    "monge_gap",
+    "sinkhorn_divergence",
+    "solves_are_sound",
+]
 
 
 def cost_fn_from_name(name: str) -> costs.CostFn:
@@ -35,10 +48,11 @@ def cost_fn_from_name(name: str) -> costs.CostFn:
     return {"sqeuclidean": costs.SqEuclidean, "euclidean": costs.Euclidean}[name]()
 
 
-def _solver_kwargs(cfg: LossConfig) -> dict[str, Any]:
+def _solver_kwargs(cfg: LossConfig, lse_mode: bool = True) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "max_iterations": cfg.sinkhorn_max_iterations,
         "threshold": cfg.sinkhorn_threshold,
+        "lse_mode": lse_mode,
     }
     if cfg.sinkhorn_momentum is not None:
         # Over-relaxed updates once the iterates settle: 2-3x fewer iterations at small epsilon.
@@ -46,28 +60,38 @@ def _solver_kwargs(cfg: LossConfig) -> dict[str, Any]:
     return kwargs
 
 
-def sinkhorn_divergence(x: jnp.ndarray, y: jnp.ndarray, cfg: LossConfig) -> jnp.ndarray:
+def sinkhorn_divergence(
+    x: jnp.ndarray, y: jnp.ndarray, cfg: LossConfig, lse_mode: bool = True
+) -> jnp.ndarray:
     r"""Sinkhorn divergence :math:`S_\varepsilon(x, y)` of two clouds ``[n, d]`` and ``[m, d]``.
 
     .. math::
         S_\varepsilon = W_\varepsilon(x, y) - \tfrac12 W_\varepsilon(x, x)
             - \tfrac12 W_\varepsilon(y, y)
 
-    with :math:`\varepsilon = \text{fit\_epsilon} \cdot \operatorname{mean}(C_{xy})`.
+    with :math:`\varepsilon = \text{fit\_epsilon} \cdot \operatorname{mean}(C_{xy})`;
+    ``lse_mode=False`` solves in the scaling domain (faster; see :func:`make_conditional_loss`).
     """
-    value, _ = sd.sinkhorn_divergence(
+    return _sinkhorn_divergence(x, y, cfg, lse_mode)[0]
+
+
+def _sinkhorn_divergence(x, y, cfg: LossConfig, lse_mode: bool):
+    """Divergence and the largest final marginal error of its three solves."""
+    value, out = sd.sinkhorn_divergence(
         pointcloud.PointCloud,
         x,
         y,
         cost_fn=cost_fn_from_name(cfg.cost),
         epsilon=cfg.fit_epsilon,
         relative_epsilon="mean",
-        solve_kwargs=_solver_kwargs(cfg),
+        solve_kwargs=_solver_kwargs(cfg, lse_mode),
     )
-    return value
+    return value, jnp.max(jnp.stack([_final_error(e) for e in out.errors]))
 
 
-def monge_gap(x: jnp.ndarray, mapped: jnp.ndarray, cfg: LossConfig) -> jnp.ndarray:
+def monge_gap(
+    x: jnp.ndarray, mapped: jnp.ndarray, cfg: LossConfig, lse_mode: bool = True
+) -> jnp.ndarray:
     r"""Monge gap of a map on the samples ``x [n, d]`` given their images ``mapped [n, d]``.
 
     .. math::
@@ -75,33 +99,66 @@ def monge_gap(x: jnp.ndarray, mapped: jnp.ndarray, cfg: LossConfig) -> jnp.ndarr
 
     It is :math:`\approx 0` for a c-optimal map and positive otherwise.
     """
-    return monge_gap_from_samples(
+    return _monge_gap(x, mapped, cfg, lse_mode)[0]
+
+
+def _monge_gap(x, mapped, cfg: LossConfig, lse_mode: bool):
+    """Monge gap and the final marginal error of its solve."""
+    value, out = monge_gap_from_samples(
         x,
         mapped,
         cost_fn=cost_fn_from_name(cfg.cost),
         epsilon=cfg.monge_gap_epsilon,
         relative_epsilon="mean",
-        **_solver_kwargs(cfg),
+        return_output=True,
+        **_solver_kwargs(cfg, lse_mode),
     )
+    return value, _final_error(out.errors)
+
+
+def _final_error(errors: jnp.ndarray) -> jnp.ndarray:
+    """Last marginal error of a Sinkhorn run (``errors`` is -1 where not computed)."""
+    return jnp.min(jnp.where(errors == -1, jnp.inf, errors))
+
+
+def solves_are_sound(aux: dict[str, jnp.ndarray], cfg: LossConfig) -> jnp.ndarray:
+    r"""Whether every solve of a scaling-domain loss can be trusted (scalar bool).
+
+    Without underflow, scaling and log-domain iterates are the same numbers, and so are their
+    marginal errors; an underflowed kernel :math:`e^{-C/\varepsilon}` loses mass, which shows
+    as a marginal error of order one. Accepted: a finite loss whose solves all end within
+    ``10 * sinkhorn_threshold`` (1% of the mass at the default), which truncated or TF32 solves
+    reach but underflowed ones do not.
+    """
+    finite = jnp.all(jnp.isfinite(aux["per_condition"]))
+    return finite & jnp.all(aux["marginal_error"] <= 10 * cfg.sinkhorn_threshold)
 
 
 def make_conditional_loss(
-    apply_fn: Callable[..., jnp.ndarray], cfg: LossConfig
+    apply_fn: Callable[..., jnp.ndarray], cfg: LossConfig, lse_mode: bool = True
 ) -> Callable[..., tuple[jnp.ndarray, dict[str, jnp.ndarray]]]:
-    """Build ``loss(params, constants, source [k,n,d], target [k,n,d], condition) -> (loss, aux)``.
+    r"""Build ``loss(params, constants, source [k,n,d], target [k,n,d], condition) -> (loss, aux)``.
 
     All ``k`` conditions are computed at once with ``vmap``; ``aux`` holds the mean fitting term,
-    the mean Monge gap and the per-condition loss ``[k]``.
+    the mean Monge gap, the per-condition loss ``[k]`` and ``marginal_error [k]`` (the largest
+    final marginal error of the condition's solves). ``lse_mode=False`` runs every Sinkhorn
+    solve in the scaling domain; check its result with :func:`solves_are_sound` and recompute
+    in the log domain when it fails (float32 underflow of :math:`e^{-C/\varepsilon}` can
+    otherwise go unnoticed).
     """
 
     def per_condition(params, constants, x, y, condition):
         mapped = apply_fn({"params": params, "constants": constants}, x, condition)
-        fit = sinkhorn_divergence(mapped, y, cfg)
-        gap = monge_gap(x, mapped, cfg) if cfg.monge_gap_weight > 0 else jnp.zeros(())
-        return fit, gap
+        mapped = mapped.astype(jnp.float32)  # OT solves in float32 even with bfloat16 matmuls
+        fit, error = _sinkhorn_divergence(mapped, y, cfg, lse_mode)
+        gap = jnp.zeros(())
+        if cfg.monge_gap_weight > 0:
+            gap, gap_error = _monge_gap(x, mapped, cfg, lse_mode)
+            error = jnp.maximum(error, gap_error)
+        return fit, gap, error
 
     def loss(params, constants, source, target, condition):
-        fit, gap = jax.vmap(per_condition, in_axes=(None, None, 0, 0, 0))(
+        fit, gap, error = jax.vmap(per_condition, in_axes=(None, None, 0, 0, 0))(
             params, constants, source, target, condition
         )
         per_cond = fit + cfg.monge_gap_weight * gap
@@ -109,6 +166,7 @@ def make_conditional_loss(
             "fit": jnp.mean(fit),
             "monge_gap": jnp.mean(gap),
             "per_condition": per_cond,
+            "marginal_error": error,
         }
 
     return loss

@@ -10,6 +10,8 @@ is the identity.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -67,7 +69,11 @@ class ConditionEmbedding(nn.Module):
 
 
 class ConditionalResidualMap(nn.Module):
-    """``T(x, c) = x + f([x_normalised, h(c)])`` for a batch ``x [n, d]`` and one condition."""
+    """``T(x, c) = x + f([x_normalised, h(c)])`` for a batch ``x [n, d]`` and one condition.
+
+    ``dtype`` is the computation type of the layers of ``f`` (e.g. ``jnp.bfloat16`` for mixed
+    precision); parameters, the residual sum and the output stay float32.
+    """
 
     n_features: int
     hidden_dim: int = 128
@@ -75,6 +81,7 @@ class ConditionalResidualMap(nn.Module):
     condition_dim: int = 64
     perturbation_hidden_dim: int = 64
     pooling: str = "sum"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, condition: EncodedConditions) -> jnp.ndarray:
@@ -87,7 +94,9 @@ class ConditionalResidualMap(nn.Module):
         h = (x - mean.value) / scale.value
         h = jnp.concatenate([h, jnp.broadcast_to(embedding, (x.shape[0], embedding.shape[-1]))], -1)
         for i in range(self.n_layers):
-            h = nn.gelu(nn.Dense(self.hidden_dim, name=f"hidden_{i}")(h))
+            h = nn.gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"hidden_{i}")(h))
         # Zero-initialised output: the untrained map is the identity (Monge gap 0).
-        delta = nn.Dense(self.n_features, kernel_init=nn.initializers.zeros, name="out")(h)
-        return x + delta
+        delta = nn.Dense(
+            self.n_features, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="out"
+        )(h)
+        return x + delta.astype(x.dtype)

@@ -1,0 +1,167 @@
+"""Speed and scale: data parallelism, the scaling-domain fast path, mixed precision, backed data."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import anndata as ad
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import condmonge as cm
+from condmonge.config import LossConfig
+from condmonge.data.backed import fit_backed_projection
+from condmonge.data.pca import fit_pca
+from condmonge.errors import DataError
+from condmonge.models.losses import make_conditional_loss, solves_are_sound
+from condmonge.train import sharding
+from condmonge.train.trainer import make_value_and_grad
+from conftest import make_adata, tiny_config
+
+SRC = os.path.join(os.path.dirname(__file__), "..", "src")
+TESTS = os.path.dirname(__file__)
+
+PARITY_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax
+    import numpy as np
+    from conftest import make_adata, tiny_config
+    import condmonge as cm
+
+    assert len(jax.devices()) == 2, jax.devices()
+    adata = make_adata(n_per_condition=40, d=5, conditions=("A", "B", "C", "A+B"))
+    out = {}
+    for parallel in (False, True):
+        # Log domain only: one loss branch to compile (the fast path is tested on its own).
+        cfg = tiny_config(**{"train.steps": 8, "train.conditions_per_step": 4,
+                             "train.data_parallel": parallel, "train.patience": None,
+                             "loss.sinkhorn_scaling": False})
+        model = cm.ConditionalMonge(cfg).fit(adata, "condition", "control")
+        leaves = jax.tree.leaves(model.state.params)
+        out[str(parallel)] = {
+            "params": [np.asarray(a).ravel().tolist() for a in leaves],
+            "loss": model.history["loss"].tolist(),
+            "devices": len(leaves[0].sharding.device_set),
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_two_devices_match_one_device():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", PARITY_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    one, two = out["False"], out["True"]
+    assert one["devices"] == 1 and two["devices"] == 2
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4, atol=1e-5)
+    for a, b in zip(one["params"], two["params"], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_single_device_data_parallel_warns_once(monkeypatch):
+    monkeypatch.setattr(sharding, "_warned", set())
+    with pytest.warns(UserWarning, match="one cpu device"):
+        assert sharding.condition_mesh(4) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sharding.condition_mesh(4) is None
+
+
+def _apply(variables, x, condition):
+    return x + variables["params"]["shift"]
+
+
+def _batch(k=3, n=48, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(k, n, d)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(k, n, d)) * 1.5 + 1.0, jnp.float32)
+    return x, y
+
+
+def test_scaling_domain_matches_log_domain():
+    x, y = _batch(d=16)
+    params = {"shift": jnp.full((16,), 0.3)}
+    cfg = LossConfig(sinkhorn_max_iterations=300)
+    fast = jax.value_and_grad(make_conditional_loss(_apply, cfg, lse_mode=False), has_aux=True)
+    safe = jax.value_and_grad(make_conditional_loss(_apply, cfg, lse_mode=True), has_aux=True)
+    (loss_f, aux_f), grad_f = jax.jit(fast)(params, None, x, y, None)
+    (loss_s, _), grad_s = jax.jit(safe)(params, None, x, y, None)
+    assert bool(solves_are_sound(aux_f, cfg))
+    np.testing.assert_allclose(loss_f, loss_s, rtol=1e-4)
+    np.testing.assert_allclose(grad_f["shift"], grad_s["shift"], rtol=1e-3, atol=1e-4)
+
+
+def test_scaling_domain_overflow_falls_back_to_log_domain():
+    # An epsilon this small underflows exp(-C/eps) in float32: the scaling solve is not finite.
+    x, y = _batch()
+    cfg = {"fit_epsilon": 1e-4, "monge_gap_epsilon": 1e-4, "sinkhorn_max_iterations": 20}
+    params = {"shift": jnp.full((4,), 0.3)}
+    fast = make_value_and_grad(_apply, LossConfig(**cfg, sinkhorn_scaling=True))
+    safe = make_value_and_grad(_apply, LossConfig(**cfg, sinkhorn_scaling=False))
+    (loss_f, _), grad_f, fell_back = jax.jit(fast)(params, None, x, y, None)
+    (loss_s, _), grad_s, _ = jax.jit(safe)(params, None, x, y, None)
+    assert bool(fell_back)
+    assert np.isfinite(float(loss_f))
+    np.testing.assert_allclose(loss_f, loss_s, rtol=1e-6)
+    np.testing.assert_allclose(grad_f["shift"], grad_s["shift"], rtol=1e-6)
+
+
+def test_bfloat16_matmuls_keep_float32_parameters(adata):
+    cfg = tiny_config(**{"train.precision": "bfloat16"})
+    model = cm.ConditionalMonge(cfg).fit(adata, "condition", "control")
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(model.params))
+    pred = model.predict(adata, ["A"])
+    assert pred.X.dtype == np.float32 and np.isfinite(pred.X).all()
+
+
+def _write_backed(tmp_path, adata):
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    return ad.read_h5ad(path, backed="r")
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_streaming_pca_equals_in_memory_pca(tmp_path, sparse):
+    adata = make_adata(n_per_condition=50, d=12, sparse=sparse)
+    backed = _write_backed(tmp_path, adata)
+    rows = np.arange(adata.n_obs) % 3 != 0
+    projection, latent = fit_backed_projection(backed, 4, rows, chunk=17)
+    dense = adata.X.toarray() if sparse else adata.X
+    reference = fit_pca(dense[rows], 4)
+    np.testing.assert_allclose(projection.mean, reference.mean, atol=1e-5)
+    np.testing.assert_allclose(projection.components, reference.components, atol=1e-4)
+    np.testing.assert_allclose(latent, reference.encode(dense), atol=1e-4)
+    backed.file.close()
+
+
+def test_fit_from_backed_file_predicts_in_gene_space(tmp_path):
+    adata = make_adata(n_per_condition=50, d=8, sparse=True)
+    backed = _write_backed(tmp_path, adata)
+    with pytest.raises(DataError, match="n_pca"):
+        cm.ConditionalMonge(tiny_config()).fit(backed, "condition", "control")
+    model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 3}))
+    model.fit(backed, "condition", "control")
+    in_memory = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 3}))
+    in_memory.fit(adata, "condition", "control")
+    controls = backed[backed.obs["condition"] == "control"].to_memory()
+    pred = model.predict(controls, ["A"])
+    assert pred.shape == (controls.n_obs, 8)
+    np.testing.assert_allclose(pred.X, in_memory.predict(controls, ["A"]).X, rtol=1e-4, atol=1e-4)
+    backed.file.close()
