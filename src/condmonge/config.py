@@ -52,6 +52,9 @@ class ModelConfig(_Strict):
     # Sum pooling is the additive prior for combinations (embedding of A+B = phi(A) + phi(B));
     # on the demo's held-out pairs it gave mean-delta R² 0.51-0.53 vs 0.35-0.41 for mean (2 seeds).
     pooling: Literal["mean", "sum"] = "sum"
+    # T(x, c) = x + g(dose) f(...) with g = 0 when every dose is 0, so dose 0 is the identity
+    # exactly. None: on when the data have a dose column (data.dose_key), off otherwise.
+    dose_gate: bool | None = None
 
 
 class LossConfig(_Strict):

@@ -119,6 +119,9 @@ class ConditionalMonge:
             condition_dim=m.condition_dim,
             perturbation_hidden_dim=m.perturbation_hidden_dim,
             pooling=m.pooling,
+            dose_gate=(
+                m.dose_gate if m.dose_gate is not None else self.config.data.dose_key is not None
+            ),
             dtype=jnp.bfloat16 if self.config.train.precision == "bfloat16" else jnp.float32,
         )
 

@@ -69,10 +69,14 @@ class ConditionEmbedding(nn.Module):
 
 
 class ConditionalResidualMap(nn.Module):
-    """``T(x, c) = x + f([x_normalised, h(c)])`` for a batch ``x [n, d]`` and one condition.
+    r"""``T(x, c) = x + f([x_normalised, h(c)])`` for a batch ``x [n, d]`` and one condition.
 
     ``dtype`` is the computation type of the layers of ``f`` (e.g. ``jnp.bfloat16`` for mixed
     precision); parameters, the residual sum and the output stay float32.
+
+    With ``dose_gate`` the residual is scaled by
+    :math:`g(c) = \tanh\big(\operatorname{softplus}(a) \sum_j \log_{10}(1 + \text{dose}_j)\big)`
+    (learned :math:`a`), so that a condition whose doses are all 0 maps every cell to itself.
     """
 
     n_features: int
@@ -81,6 +85,7 @@ class ConditionalResidualMap(nn.Module):
     condition_dim: int = 64
     perturbation_hidden_dim: int = 64
     pooling: str = "sum"
+    dose_gate: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -99,4 +104,10 @@ class ConditionalResidualMap(nn.Module):
         delta = nn.Dense(
             self.n_features, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="out"
         )(h)
-        return x + delta.astype(x.dtype)
+        delta = delta.astype(x.dtype)
+        if self.dose_gate:
+            total_dose = jnp.sum(condition.log_dose * condition.mask)
+            # softplus(0.5413) = 1: the gate starts as tanh(total log-dose).
+            a = self.param("dose_gate", nn.initializers.constant(0.5413), ())
+            delta = delta * jnp.tanh(nn.softplus(a) * total_dose)
+        return x + delta
