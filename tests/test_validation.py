@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 import condmonge as cm
 from condmonge import cli
 from condmonge.conditions.encoders import TableEncoder, read_table
+from condmonge.conditions.smiles import smiles_embedding, smiles_features
 from condmonge.config import DataConfig
 from condmonge.data.anndata_io import align_features, read_h5ad, validate_adata
 from condmonge.errors import (
@@ -273,6 +274,12 @@ CASES = [
     C("embedding-flag", "embeddings", "`--embedding` without `KEY=`", DataError,
       "--embedding 'drugs.csv' must be KEY=TABLE.csv",
       lambda c: cli._embeddings(["drugs.csv"])),
+    C("smiles-missing", "embeddings", "drug missing from the SMILES table", DataError,
+      "1 of 2 drugs have no SMILES",
+      lambda c: smiles_embedding({"aspirin": "CC(=O)Oc1ccccc1C(=O)O"}, cache_dir=False,
+                                 fit_names=["aspirin", "ghost"])),
+    C("smiles-invalid", "embeddings", "invalid SMILES", DataError, "'bad_drug'",
+      lambda c: smiles_features({"bad_drug": "C1CC((N"}, cache_dir=False)),
     # ------------------------------------------------------------------ prediction queries
     C("unknown-drug", "predict", "unknown drug, model without an embedding table",
       UnknownConditionError, "perturbation 'C' was not seen in training and the model encodes "
@@ -452,10 +459,7 @@ def test_cli_turns_catalogued_errors_into_exit_2_and_one_line(fitted, tmp_path, 
     assert not (tmp_path / "p.h5ad").exists() and not (tmp_path / "r").exists()
 
 
-PENDING = [
-    ("embeddings", "drug missing from the SMILES table", "pending the SMILES encoder"),
-    ("embeddings", "invalid SMILES", "pending the SMILES encoder"),
-]
+PENDING: list[tuple[str, str, str]] = []
 BEHAVIOUR = [
     ("predict", "query genes in another order", "aligned by name (no error)"),
     ("data", "a condition with one cell", "trained on (validated on its training cell); warns as"
