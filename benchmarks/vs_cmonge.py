@@ -1,7 +1,7 @@
 """condmonge against the reference implementation cmonge 0.1.3, on the same synthetic task.
 
     python benchmarks/vs_cmonge.py [--conditions 10] [--features 50] [--batch 256] [--steps 300]
-                                   [--budget 120] [--venv ~/.cache/condmonge-bench/cmonge-venv]
+                                   [--budget 120] [--venv ~/.cache/condmonge-bench/cmonge-venv] [--one-device]
 
 cmonge pins other versions of JAX, flax and ott-jax, so it is installed (``pip install
 cmonge==0.1.3``, once) into its own virtual environment and driven by a small script run with that
@@ -179,6 +179,9 @@ def run_condmonge(args: argparse.Namespace, task_path: Path) -> dict:
     import jax
 
     import condmonge as cm
+
+    if not args.one_device:
+        cm.use_cpu_cores()  # as the command line does: one JAX CPU device per core
     from condmonge.datasets import l2_uvp, spd_affine_task
 
     task = spd_affine_task(args.conditions, args.features, n_cells=args.cells, seed=args.seed)
@@ -224,6 +227,7 @@ def run_condmonge(args: argparse.Namespace, task_path: Path) -> dict:
         "version": f"condmonge {cm.__version__}",
         "jax": jax.__version__,
         "device": jax.devices()[0].platform,
+        "devices": len(jax.devices()),
         "steps": args.steps,
         "steps_per_s": round(rate, 3),
         "cells_per_step": k * args.batch,
@@ -248,6 +252,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--side", choices=("both", "condmonge"), default="both")
+    parser.add_argument(
+        "--one-device",
+        action="store_true",
+        help="condmonge on one JAX CPU device (default: one per core, as the command line)",
+    )
     args = parser.parse_args()
     if args.side == "condmonge":  # child process: condmonge alone (own peak RSS)
         print(json.dumps(run_condmonge(args, Path())))

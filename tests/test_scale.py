@@ -37,7 +37,9 @@ PARITY_SCRIPT = textwrap.dedent(
     assert len(jax.devices()) == 2, jax.devices()
     adata = make_adata(n_per_condition=40, d=5, conditions=("A", "B", "C", "A+B"))
     out = {}
-    for parallel in (False, True):
+    from condmonge.train.sharding import condition_mesh
+    out["auto_mesh"] = [getattr(condition_mesh(k, required=None), "size", 1) for k in (3, 4)]
+    for parallel in (False, True, None):
         # Log domain only: one loss branch to compile (the fast path is tested on its own).
         cfg = tiny_config(**{"train.steps": 8, "train.conditions_per_step": 4,
                              "train.data_parallel": parallel, "train.patience": None,
@@ -68,11 +70,25 @@ def test_two_devices_match_one_device():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    one, two = out["False"], out["True"]
+    one, two, auto = out["False"], out["True"], out["None"]
     assert one["devices"] == 1 and two["devices"] == 2
+    # The default (None) shards over as many devices as divide conditions_per_step.
+    assert out["auto_mesh"] == [1, 2] and auto["devices"] == 2
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4, atol=1e-5)
     for a, b in zip(one["params"], two["params"], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert auto["loss"] == two["loss"] and auto["params"] == two["params"]
+
+
+def test_use_cpu_cores_sets_the_device_count_once(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
+    assert sharding.use_cpu_cores(3) == 3
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=3"
+    # A count the user chose is kept.
+    assert sharding.use_cpu_cores(5) == 0
+    assert os.environ["XLA_FLAGS"].endswith("device_count=3")
+    monkeypatch.delenv("XLA_FLAGS")
+    assert sharding.use_cpu_cores() == len(os.sched_getaffinity(0))
 
 
 def test_single_device_data_parallel_warns_once(monkeypatch):
@@ -106,6 +122,24 @@ def test_scaling_domain_matches_log_domain():
     assert bool(solves_are_sound(aux_f, cfg))
     np.testing.assert_allclose(loss_f, loss_s, rtol=1e-4)
     np.testing.assert_allclose(grad_f["shift"], grad_s["shift"], rtol=1e-3, atol=1e-4)
+
+
+def test_truncated_scaling_solve_is_accepted_without_fallback():
+    # Stopped by max_iterations before the threshold: both domains return the same truncated
+    # solve, so redoing it in the log domain would only cost time.
+    x, y = _batch(k=2, n=64, d=8)
+    cfg = LossConfig(sinkhorn_max_iterations=10, sinkhorn_threshold=1e-5, fit_epsilon=0.05)
+    params = {"shift": jnp.full((8,), 0.3)}
+    fast = make_value_and_grad(_apply, cfg.model_copy(update={"sinkhorn_scaling": True}))
+    (loss_f, aux_f), grad_f, fell_back = jax.jit(fast)(params, None, x, y, None)
+    (loss_s, aux_s), _ = jax.jit(
+        jax.value_and_grad(make_conditional_loss(_apply, cfg, lse_mode=True), has_aux=True)
+    )(params, None, x, y, None)
+    error = float(np.max(aux_f["marginal_error"]))
+    assert 10 * cfg.sinkhorn_threshold < error < 0.1  # truncated, not underflowed
+    assert not bool(fell_back)
+    np.testing.assert_allclose(aux_f["marginal_error"], aux_s["marginal_error"], rtol=1e-3)
+    np.testing.assert_allclose(loss_f, loss_s, rtol=1e-4)
 
 
 def test_scaling_domain_overflow_falls_back_to_log_domain():

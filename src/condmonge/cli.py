@@ -354,6 +354,9 @@ def demo(
 
 def main() -> None:
     """Console entry point: usage errors, like input errors, are one line and exit code 2."""
+    from condmonge.train.sharding import use_cpu_cores
+
+    use_cpu_cores()  # before any array exists: one JAX CPU device per core, see its docstring
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):

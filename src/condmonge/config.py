@@ -101,10 +101,12 @@ class TrainConfig(_Strict):
         default="float32",
         description="matmul precision of the network (parameters and OT solves stay float32)",
     )
-    data_parallel: bool = Field(
-        default=False,
-        description="shard the conditions of each step over all JAX devices (jax.sharding); "
-        "conditions_per_step must be a multiple of the device count",
+    data_parallel: bool | None = Field(
+        default=None,
+        description="shard the conditions of each step over the JAX devices (jax.sharding): "
+        "None = when this process sees several devices (on as many of them as divide "
+        "conditions_per_step); true = over all devices, conditions_per_step must be a multiple "
+        "of their count; false = never",
     )
 
 

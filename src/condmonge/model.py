@@ -255,7 +255,11 @@ class ConditionalMonge:
         def count_trace() -> None:
             self.n_traces += 1
 
-        mesh = condition_mesh(cfg.train.conditions_per_step) if cfg.train.data_parallel else None
+        mesh = (
+            condition_mesh(cfg.train.conditions_per_step, required=cfg.train.data_parallel)
+            if cfg.train.data_parallel is not False
+            else None
+        )
         state, train_pools, val_pools, encoded = replicate(
             (state, train_pools, val_pools, encoded), mesh
         )

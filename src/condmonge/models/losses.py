@@ -121,17 +121,26 @@ def _final_error(errors: jnp.ndarray) -> jnp.ndarray:
     return jnp.min(jnp.where(errors == -1, jnp.inf, errors))
 
 
+#: Marginal error above which a scaling-domain solve is taken to have lost mass to float32
+#: underflow. Measured on the SPD-affine task (d = 50, n = 256): solves truncated at the default
+#: 50 iterations end at 0.003-0.05 in *both* domains with identical values, while underflowed
+#: scaling solves end at 0.38-1.0 (values off by 16 % to 100 %).
+UNDERFLOW_MARGINAL_ERROR = 0.1
+
+
 def solves_are_sound(aux: dict[str, jnp.ndarray], cfg: LossConfig) -> jnp.ndarray:
     r"""Whether every solve of a scaling-domain loss can be trusted (scalar bool).
 
     Without underflow, scaling and log-domain iterates are the same numbers, and so are their
-    marginal errors; an underflowed kernel :math:`e^{-C/\varepsilon}` loses mass, which shows
-    as a marginal error of order one. Accepted: a finite loss whose solves all end within
-    ``10 * sinkhorn_threshold`` (1% of the mass at the default), which truncated or TF32 solves
-    reach but underflowed ones do not.
+    marginal errors, converged or not; an underflowed kernel :math:`e^{-C/\varepsilon}` loses
+    mass, which shows as a marginal error of order one. Accepted: a finite loss whose solves all
+    end within ``max(10 * sinkhorn_threshold, UNDERFLOW_MARGINAL_ERROR)`` of their marginals. A
+    solve merely truncated at ``sinkhorn_max_iterations`` is accepted: the log domain would
+    return the same truncated result, only slower.
     """
     finite = jnp.all(jnp.isfinite(aux["per_condition"]))
-    return finite & jnp.all(aux["marginal_error"] <= 10 * cfg.sinkhorn_threshold)
+    tolerance = max(10 * cfg.sinkhorn_threshold, UNDERFLOW_MARGINAL_ERROR)
+    return finite & jnp.all(aux["marginal_error"] <= tolerance)
 
 
 def make_conditional_loss(

@@ -103,6 +103,10 @@ def use_scaling_domain(loss_cfg: LossConfig) -> bool:
     return jax.default_backend() == "cpu"
 
 
+#: Consecutive log-domain fallbacks after which the training step stops trying the scaling domain.
+LOG_DOMAIN_AFTER = 5
+
+
 def make_value_and_grad(
     apply_fn: Callable[..., jnp.ndarray], loss_cfg: LossConfig
 ) -> Callable[..., tuple[tuple[jnp.ndarray, dict], Any, jnp.ndarray]]:
@@ -149,7 +153,8 @@ def make_train_step(
     With the scaling domain (:func:`use_scaling_domain`) the jitted step also reports whether
     its solves are sound (:func:`~condmonge.models.losses.solves_are_sound`, finite gradients);
     when not, the same step (same state, same random batch) is redone by a log-domain jitted
-    step, compiled only the first time it is needed, and ``log_domain_fallback`` is true.
+    step, compiled only the first time it is needed, and ``log_domain_fallback`` is true. After
+    ``LOG_DOMAIN_AFTER`` fallbacks in a row every later step runs in the log domain directly.
     """
 
     def build(lse_mode: bool, trace: Callable[[], None] | None):
@@ -200,10 +205,18 @@ def make_train_step(
         return plain
     fast_step = build(False, on_trace)
 
+    consecutive = [0]  # fallbacks in a row; the host loop's only state
+
     def checked(state, pools, conditions):
+        if consecutive[0] >= LOG_DOMAIN_AFTER:
+            # The data keep underflowing: paying for a scaling step first is pure waste.
+            new_state, metrics = log_step(state, pools, conditions)
+            return new_state, {**metrics, "log_domain_fallback": True}
         new_state, metrics = fast_step(state, pools, conditions)
         if bool(metrics["sound"]):  # waits for the step: cheap on CPU, where this path runs
+            consecutive[0] = 0
             return new_state, {**metrics, "log_domain_fallback": False}
+        consecutive[0] += 1
         new_state, metrics = log_step(state, pools, conditions)
         return new_state, {**metrics, "log_domain_fallback": True}
 
@@ -311,9 +324,10 @@ def train_loop(
                     if bool(metrics["log_domain_fallback"]) and not fell_back_warned:
                         fell_back_warned = True
                         warnings.warn(
-                            f"step {step}: a scaling-domain Sinkhorn solve did not converge or "
-                            "was not finite and the step was redone in the log domain (slower); "
-                            "if this recurs set loss.sinkhorn_scaling=false",
+                            f"step {step}: a scaling-domain Sinkhorn solve underflowed (lost "
+                            "mass or was not finite) and the step was redone in the log domain "
+                            f"(slower; after {LOG_DOMAIN_AFTER} in a row every step is); to skip "
+                            "the scaling domain set loss.sinkhorn_scaling=false",
                             stacklevel=2,
                         )
                     if not np.isfinite(loss):
