@@ -18,6 +18,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
 
 import pandas as pd  # noqa: E402
 
+from condmonge.train.sharding import use_cpu_cores  # noqa: E402
+
+use_cpu_cores()  # as the command line does: one JAX CPU device per core, before any array
+
 MODEL = "condmonge"
 
 

@@ -1,7 +1,8 @@
 """Unseen drugs and doses: semi-synthetic sci-Plex (the 188 real sci-Plex SMILES, known maps).
 
     python benchmarks/gen_sciplex_like.py [--drugs 40] [--folds 2] [--cells 50] [--steps 200]
-        [--dose-out 1000] [--data-dir ../shared/data] [--out runs/gen_sciplex_like]
+        [--conditions-per-step 8] [--dose-out 1000] [--only-folds 0,1]
+        [--data-dir ../shared/data] [--out runs/gen_sciplex_like]
 
 ``condmonge.datasets.sciplex_like``: each drug's response is a known OT map (gradient of a
 convex function) parameterised by a hidden embedding computed from its RDKit descriptors and
@@ -44,7 +45,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=50, help="cells per drug, dose, cell line")
     parser.add_argument("--features", type=int, default=50)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--conditions-per-step", type=int, default=8)
     parser.add_argument("--dose-out", type=float, default=1000.0)
+    parser.add_argument("--only-folds", default="", help="comma list of drug-out folds to run")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: drug,dose")
     parser.add_argument(
         "--embeddings",
@@ -75,7 +78,7 @@ def main() -> None:
             "model": {
                 "data": {"condition_key": "condition", "control": "control", "dose_key": "dose",
                          "cell_type_key": "cell_type"},
-                "train": train_section(args.steps, 64, 8, args.seed),
+                "train": train_section(args.steps, 64, args.conditions_per_step, args.seed),
             },
         }  # fmt: skip
 
@@ -85,7 +88,8 @@ def main() -> None:
     frames = []
     if "drug" not in skip:
         for embedding in [e for e in ("smiles", "effect+smiles") if e in chosen]:
-            for fold in range(args.folds):
+            folds = [int(f) for f in args.only_folds.split(",") if f] or range(args.folds)
+            for fold in folds:
                 split = {"kind": "kfold", "n_folds": args.folds, "fold": fold}
                 tag = f"drug-out/{embedding}/fold{fold}"
                 rows, _ = run(tree(split, embedding), out / tag.replace("/", "_"), tag)

@@ -1,7 +1,8 @@
 """condmonge against the reference implementation cmonge 0.1.3, on the same synthetic task.
 
     python benchmarks/vs_cmonge.py [--conditions 10] [--features 50] [--batch 256] [--steps 300]
-                                   [--budget 120] [--venv ~/.cache/condmonge-bench/cmonge-venv] [--one-device]
+                                   [--budget 120] [--venv ~/.cache/condmonge-bench/cmonge-venv]
+                                   [--one-device]
 
 cmonge pins other versions of JAX, flax and ott-jax, so it is installed (``pip install
 cmonge==0.1.3``, once) into its own virtual environment and driven by a small script run with that

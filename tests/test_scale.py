@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -78,6 +79,66 @@ def test_two_devices_match_one_device():
     for a, b in zip(one["params"], two["params"], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     assert auto["loss"] == two["loss"] and auto["params"] == two["params"]
+
+
+MULTI_PROCESS_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    import numpy as np
+    from condmonge.train.sharding import initialize_distributed
+    process, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    initialize_distributed(
+        coordinator_address=f"localhost:{port}", num_processes=2, process_id=process
+    )
+    from conftest import make_adata, tiny_config
+    import condmonge as cm
+
+    assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
+    adata = make_adata(n_per_condition=40, d=5, conditions=("A", "B", "C", "A+B"))
+    cfg = tiny_config(**{"train.steps": 8, "train.conditions_per_step": 4,
+                         "train.data_parallel": True, "train.patience": None,
+                         "loss.sinkhorn_scaling": False})
+    model = cm.ConditionalMonge(cfg).fit(adata, "condition", "control")
+    params = [np.asarray(a).ravel().tolist() for a in jax.tree.leaves(model.params)]
+    with open(out, "w") as f:
+        json.dump({"loss": model.history["loss"].tolist(), "params": params}, f)
+    """
+)
+
+
+def test_two_processes_match_one_device(tmp_path):
+    # Multi-host through jax.distributed: two CPU processes, one device each, gloo collectives.
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, env.get("PYTHONPATH", "")])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_PROCESS_WORKER, str(i), str(port), str(tmp_path / f"{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    adata = make_adata(n_per_condition=40, d=5, conditions=("A", "B", "C", "A+B"))
+    cfg = tiny_config(**{"train.steps": 8, "train.conditions_per_step": 4,
+                         "train.data_parallel": False, "train.patience": None,
+                         "loss.sinkhorn_scaling": False})  # fmt: skip
+    one = cm.ConditionalMonge(cfg).fit(adata, "condition", "control")
+    for i in (0, 1):
+        out = json.loads((tmp_path / f"{i}").read_text())
+        np.testing.assert_allclose(out["loss"], one.history["loss"], rtol=1e-4, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(one.params), out["params"], strict=True):
+            np.testing.assert_allclose(b, np.asarray(a).ravel(), rtol=1e-4, atol=1e-5)
 
 
 def test_use_cpu_cores_sets_the_device_count_once(monkeypatch):

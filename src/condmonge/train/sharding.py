@@ -43,13 +43,17 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def initialize_distributed(**kwargs: Any) -> None:
+def initialize_distributed(cpu_collectives: str | None = "gloo", **kwargs: Any) -> None:
     """Join a multi-host JAX job (``jax.distributed.initialize(**kwargs)``).
 
     Without arguments JAX reads the cluster from the environment (SLURM, Open MPI, Kubernetes,
     Cloud TPU); otherwise pass ``coordinator_address``, ``num_processes`` and ``process_id``.
-    Call it once per process, before anything else touches JAX.
+    ``cpu_collectives``: the cross-process collectives of CPU devices (``"gloo"``; ``None``
+    leaves JAX's setting), so that CPU-only processes can train together too. Call it once per
+    process, before anything else touches JAX.
     """
+    if cpu_collectives is not None:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(**kwargs)
 
 
