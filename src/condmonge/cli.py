@@ -239,7 +239,7 @@ def split(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    from condmonge.train.checkpoint import replace_atomically
+    from condmonge.files import replace_atomically
 
     replace_atomically(path, lambda tmp: tmp.write_text(text))
 

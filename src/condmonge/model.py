@@ -38,6 +38,7 @@ from condmonge.errors import (
     NotFittedError,
     UnknownConditionError,
 )
+from condmonge.files import replace_atomically
 from condmonge.models.networks import ConditionalResidualMap
 from condmonge.train import checkpoint as ckpt
 from condmonge.train.sharding import condition_mesh, replicate
@@ -585,7 +586,7 @@ class ConditionalMonge:
                 "history": self.loop.history,
             }
         out = ckpt.write_checkpoint(path / ckpt.CHECKPOINT_NAME, meta, arrays)
-        ckpt.replace_atomically(path / "config.yaml", self.config.to_yaml)
+        replace_atomically(path / "config.yaml", self.config.to_yaml)
         return out
 
     @classmethod

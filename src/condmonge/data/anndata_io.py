@@ -271,18 +271,6 @@ def align_features(adata: ad.AnnData, names: Sequence[str], use_rep: str | None)
 
 def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> Path:
     """Write ``adata`` to a temporary file beside ``path`` and rename it: never half-written."""
-    import os
-    import tempfile
+    from condmonge.files import replace_atomically
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".h5ad", dir=path.parent)
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return replace_atomically(path, adata.write_h5ad, suffix=".h5ad")

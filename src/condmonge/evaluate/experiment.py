@@ -44,7 +44,7 @@ from condmonge.evaluate.report import (
     summarize,
     to_markdown,
 )
-from condmonge.train.checkpoint import replace_atomically
+from condmonge.files import replace_atomically
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "load_experiment_config", "run_experiment"]
 

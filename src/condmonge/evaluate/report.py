@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from condmonge.evaluate.metrics import METRIC_DIRECTIONS, metric_higher_is_better  # noqa: E402
-from condmonge.train.checkpoint import replace_atomically  # noqa: E402
+from condmonge.files import replace_atomically  # noqa: E402
 
 __all__ = [
     "HEADLINE_METRICS",

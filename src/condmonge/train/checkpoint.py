@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from condmonge._version import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, __version__
 from condmonge.errors import CheckpointError
+from condmonge.files import replace_atomically
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -92,25 +92,6 @@ def restore_leaves(template: Any, arrays: dict[str, np.ndarray], prefix: str) ->
             )
         restored.append(value.astype(np.asarray(leaf).dtype))
     return jax.tree_util.tree_unflatten(treedef, restored)
-
-
-def replace_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    Readers see the old file or the complete new one, never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_checkpoint(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
