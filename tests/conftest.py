@@ -72,3 +72,13 @@ def tiny_config(**overrides):
 @pytest.fixture
 def adata():
     return make_adata()
+
+
+@pytest.fixture(autouse=True)
+def _restore_xla_flags(monkeypatch):
+    """``cli.main()`` sets XLA_FLAGS (one CPU device per core, ``use_cpu_cores``); a test that
+    calls it must not hand that setting to later tests' subprocesses."""
+    if "XLA_FLAGS" in os.environ:
+        monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"])
+    else:
+        monkeypatch.delenv("XLA_FLAGS", raising=False)
