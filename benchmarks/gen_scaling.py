@@ -1,6 +1,6 @@
 """Scaling: accuracy on a fixed set of unseen drugs as the number of training drugs grows.
 
-    python benchmarks/gen_scaling.py [--sizes 10,30,100,300] [--unseen 20] [--steps 300]
+    python benchmarks/gen_scaling.py [--sizes 10,30,100,300] [--unseen 20] [--steps 1500]
         [--cells 100] [--out runs/gen_scaling] [--plot docs/gen_scaling.png]
 
 One synthetic convex task (``condmonge.datasets.convex_task``: known non-affine OT maps driven
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,30,100,300")
     parser.add_argument("--unseen", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--cells", type=int, default=100, help="cells per drug (and controls)")
     parser.add_argument("--features", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
