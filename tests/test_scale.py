@@ -260,3 +260,26 @@ def test_fit_from_backed_file_predicts_in_gene_space(tmp_path):
     assert pred.shape == (controls.n_obs, 8)
     np.testing.assert_allclose(pred.X, in_memory.predict(controls, ["A"]).X, rtol=1e-4, atol=1e-4)
     backed.file.close()
+
+
+def test_training_switches_to_the_log_domain_after_repeated_underflow(adata):
+    # An epsilon this small underflows every scaling-domain solve: after LOG_DOMAIN_AFTER
+    # redone steps the trainer stops trying, says so once, and the losses stay finite.
+    from condmonge.train.trainer import LOG_DOMAIN_AFTER
+
+    cfg = tiny_config(
+        **{
+            "train.steps": LOG_DOMAIN_AFTER + 3,
+            "train.patience": None,
+            "loss.fit_epsilon": 1e-4,
+            "loss.monge_gap_epsilon": 1e-4,
+            "loss.sinkhorn_max_iterations": 20,
+            "loss.sinkhorn_scaling": True,
+        }
+    )
+    with pytest.warns(
+        UserWarning, match=f"underflowed on {LOG_DOMAIN_AFTER} steps in a row"
+    ) as rec:
+        model = cm.ConditionalMonge(cfg).fit(adata, "condition", "control")
+    assert sum("in a row" in str(w.message) for w in rec) == 1
+    assert np.isfinite(model.history["loss"]).all()

@@ -211,7 +211,7 @@ def make_train_step(
         if consecutive[0] >= LOG_DOMAIN_AFTER:
             # The data keep underflowing: paying for a scaling step first is pure waste.
             new_state, metrics = log_step(state, pools, conditions)
-            return new_state, {**metrics, "log_domain_fallback": True}
+            return new_state, {**metrics, "log_domain_fallback": True, "log_domain_only": True}
         new_state, metrics = fast_step(state, pools, conditions)
         if bool(metrics["sound"]):  # waits for the step: cheap on CPU, where this path runs
             consecutive[0] = 0
@@ -319,17 +319,17 @@ def train_loop(
                 previous = state
                 state, metrics = step_fn(state, train_pools, conditions)
                 done_validating = step % cfg.validate_every == 0 or step == cfg.steps
+                if metrics.get("log_domain_only") and not fell_back_warned:
+                    # A single redone step is routine and silent; a switch for good is not.
+                    fell_back_warned = True
+                    warnings.warn(
+                        f"step {step}: scaling-domain Sinkhorn solves underflowed on "
+                        f"{LOG_DOMAIN_AFTER} steps in a row; the remaining steps run in the log "
+                        "domain (slower); set loss.sinkhorn_scaling=false to skip the attempt",
+                        stacklevel=2,
+                    )
                 if step % log_every == 0 or done_validating:
                     loss = float(metrics["loss"])
-                    if bool(metrics["log_domain_fallback"]) and not fell_back_warned:
-                        fell_back_warned = True
-                        warnings.warn(
-                            f"step {step}: a scaling-domain Sinkhorn solve underflowed (lost "
-                            "mass or was not finite) and the step was redone in the log domain "
-                            f"(slower; after {LOG_DOMAIN_AFTER} in a row every step is); to skip "
-                            "the scaling domain set loss.sinkhorn_scaling=false",
-                            stacklevel=2,
-                        )
                     if not np.isfinite(loss):
                         per = np.asarray(metrics["per_condition"])
                         idx = np.asarray(metrics["condition_index"])
