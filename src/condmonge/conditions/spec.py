@@ -19,7 +19,7 @@ class Condition:
         Empty for the control.
       doses: one dose per perturbation (same order); ``1.0`` when the data carry no dose.
       cell_type: the cell type (or line) whose control cells are the source, or ``None``.
-      covariates: optional numeric covariates, in the order of ``DataConfig.covariate_keys``.
+      covariates: optional numeric covariates, in the order of ``ConditionSpec.covariate_keys``.
     """
 
     perturbations: tuple[str, ...]
