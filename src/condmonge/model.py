@@ -21,10 +21,9 @@ import pandas as pd
 from condmonge._version import __version__
 from condmonge.conditions.encoding import Embeddings
 from condmonge.conditions.query import Query, resolve_query
-from condmonge.conditions.spec import Condition
 from condmonge.config import Config, config_from_dict
 from condmonge.data.predictions import assemble_prediction, control_rows, query_features
-from condmonge.data.spec import ConditionSpec
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.errors import ConfigError, NotFittedError, UnknownConditionError
 from condmonge.evaluate.evaluation import evaluate_prediction, truth_sets
 from condmonge.models.transport import BatchedTransport

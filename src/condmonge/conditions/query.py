@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from condmonge.conditions.spec import Condition
 from condmonge.data.prepare import make_condition
-from condmonge.data.spec import ConditionSpec
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.errors import DataError, UnknownConditionError
 
 __all__ = ["Query", "resolve_query"]

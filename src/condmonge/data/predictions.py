@@ -13,9 +13,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from condmonge.conditions.spec import Condition
 from condmonge.data.anndata_io import align_features, check_expression, require_unique_names
-from condmonge.data.spec import ConditionSpec
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.errors import DataError, UnknownConditionError
 
 __all__ = [

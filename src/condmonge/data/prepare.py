@@ -15,8 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from condmonge.conditions.spec import Condition, parse_doses, parse_perturbations
-from condmonge.config import DataConfig
+from condmonge.data.spec import Condition, ConditionSpec, parse_doses, parse_perturbations
 from condmonge.errors import DataError, UnknownConditionError
 
 __all__ = ["CellPools", "LabelledCells", "build_pools", "label_cells", "select_conditions"]
@@ -42,23 +41,28 @@ class LabelledCells:
         return self.condition_of_cell < 0
 
 
-def label_cells(adata: ad.AnnData, cfg: DataConfig) -> LabelledCells:
-    """Parse condition, dose, cell type and covariates of every cell into :class:`Condition`."""
+def label_cells(adata: ad.AnnData, spec: ConditionSpec) -> LabelledCells:
+    """Parse condition, dose, cell type and covariates of every cell into :class:`Condition`.
+
+    Args:
+      adata: cells annotated as ``spec`` says (only ``obs`` is read).
+      spec: the obs columns and the control label (a :class:`DataConfig` works too).
+    """
     obs = adata.obs
-    labels = obs[cfg.condition_key].astype(str).to_numpy()
-    doses = obs[cfg.dose_key].astype(str).to_numpy() if cfg.dose_key else np.full(len(obs), "1")
+    labels = obs[spec.condition_key].astype(str).to_numpy()
+    doses = obs[spec.dose_key].astype(str).to_numpy() if spec.dose_key else np.full(len(obs), "1")
     cell_types = (
-        obs[cfg.cell_type_key].astype(str).to_numpy()
-        if cfg.cell_type_key
+        obs[spec.cell_type_key].astype(str).to_numpy()
+        if spec.cell_type_key
         else np.full(len(obs), None, dtype=object)
     )
     covariates = (
-        obs[list(cfg.covariate_keys)].to_numpy(np.float64)
-        if cfg.covariate_keys
+        obs[list(spec.covariate_keys)].to_numpy(np.float64)
+        if spec.covariate_keys
         else np.zeros((len(obs), 0))
     )
     if covariates.size and not np.isfinite(covariates).all():
-        raise DataError(f"adata.obs covariates {list(cfg.covariate_keys)} contain NaN or inf")
+        raise DataError(f"adata.obs covariates {list(spec.covariate_keys)} contain NaN or inf")
     keys = pd.DataFrame({"label": labels, "dose": doses, "cell_type": cell_types.astype(str)})
     for j in range(covariates.shape[1]):
         keys[f"cov{j}"] = covariates[:, j]
@@ -66,16 +70,16 @@ def label_cells(adata: ad.AnnData, cfg: DataConfig) -> LabelledCells:
     by_group: dict[int, Condition | None] = {}
     first_row = pd.Series(np.arange(len(obs))).groupby(group_ids).first()
     for group, row in first_row.items():
-        if labels[row] == cfg.control:
+        if labels[row] == spec.control:
             by_group[group] = None
             continue
         by_group[group] = make_condition(
             labels[row],
-            doses[row] if cfg.dose_key else 1.0,
+            doses[row] if spec.dose_key else 1.0,
             cell_types[row],
             tuple(covariates[row]),
-            cfg.combination_sep,
-            where=f"adata.obs['{cfg.condition_key}'] row {row}",
+            spec.combination_sep,
+            where=f"adata.obs['{spec.condition_key}'] row {row}",
         )
     conditions = sorted({c for c in by_group.values() if c is not None})
     index = {c: i for i, c in enumerate(conditions)}

@@ -34,9 +34,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from condmonge.conditions.spec import Condition, parse_perturbations
 from condmonge.data.prepare import label_cells
-from condmonge.data.spec import ConditionSpec
+from condmonge.data.spec import Condition, ConditionSpec, parse_perturbations
 from condmonge.errors import ConfigError, DataError, UnknownConditionError, suggest
 
 __all__ = [

@@ -167,7 +167,7 @@ def _warn_small_conditions(cells: LabelledCells, train_ids: list[int], n_cells: 
             f"{len(small)} condition(s) have fewer cells than cells_per_condition={n_cells} "
             f"(e.g. '{small[0]}'); their cells are sampled with replacement",
             DataWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of ConditionalMonge.fit
         )
 
 

@@ -20,11 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from condmonge.conditions.encoding import ConditionEncoder
-from condmonge.conditions.spec import Condition
 from condmonge.config import Config, config_from_dict
 from condmonge.data.anndata_io import align_features
 from condmonge.data.pca import Projection
-from condmonge.data.spec import ConditionSpec
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.errors import CheckpointError
 from condmonge.files import replace_atomically
 from condmonge.models.networks import ConditionalResidualMap, network_from_config

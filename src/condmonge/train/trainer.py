@@ -382,7 +382,7 @@ class _Log:
                 f"by step {step}: scaling-domain Sinkhorn solves underflowed on "
                 f"{LOG_DOMAIN_AFTER} steps in a row; the remaining steps run in the log domain "
                 "(slower); set loss.sinkhorn_scaling=false to skip the attempt",
-                stacklevel=4,
+                stacklevel=7,  # the caller of ConditionalMonge.fit
             )
 
 
