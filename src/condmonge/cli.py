@@ -61,6 +61,27 @@ def _smiles_table(spec: Any, control: str | None, fit_names: list[str]) -> Any:
     return spec.load(fit_names=fit_names, control=control)
 
 
+def _train_config(config: Path | None, condition_key: str | None, *keys: str | None) -> Any:
+    """The run's config (the YAML's, or the defaults) and its spec with the options applied.
+
+    Args:
+      config: the ``--config`` YAML, or ``None``.
+      condition_key: ``--condition-key``.
+      *keys: ``--control``, ``--dose-key``, ``--cell-type-key``, ``--use-rep`` as given.
+    """
+    from condmonge.config import Config, load_config
+
+    control = keys[0]
+    if config is None and condition_key is None:
+        raise DataError("give --condition-key (the obs column naming each cell's condition)")
+    if config is None and control is None:
+        raise DataError("give --control (the label of control cells)")
+    cfg = load_config(config) if config is not None else Config()
+    names = ("control", "dose_key", "cell_type_key", "use_rep")
+    spec = cfg.data.spec.updated(condition_key=condition_key, **dict(zip(names, keys, strict=True)))
+    return cfg, spec
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Training data (.h5ad).")],
@@ -88,7 +109,6 @@ def train(
     ] = False,
 ) -> None:
     """Train a conditional Monge-gap map and write a checkpoint to --out."""
-    from condmonge.config import Config, load_config
     from condmonge.data.anndata_io import read_h5ad
     from condmonge.errors import TrainingInterrupted
     from condmonge.model import ConditionalMonge
@@ -99,20 +119,12 @@ def train(
                 f"'{out}' already holds a run (model.safetensors); pass --resume to continue it, "
                 "--overwrite to start over, or choose another --out"
             )
-        cfg = load_config(config) if config is not None else Config()
-        if condition_key is None and config is None:
-            raise DataError("give --condition-key (the obs column naming each cell's condition)")
-        if control is None and config is None:
-            raise DataError("give --control (the label of control cells)")
-        tables = _embeddings(embedding or [], control if control is not None else cfg.data.control)
+        cfg, spec = _train_config(config, condition_key, control, dose_key, cell_type_key, use_rep)
+        tables = _embeddings(embedding or [], spec.control)
         adata = read_h5ad(data)
         model = ConditionalMonge(cfg).fit(
             adata,
-            condition_key,
-            control,
-            dose_key=dose_key,
-            cell_type_key=cell_type_key,
-            use_rep=use_rep,
+            spec=spec,
             embeddings=tables,
             holdout=_split(holdout),
             steps=steps,
@@ -207,25 +219,16 @@ def split(
 ) -> None:
     """Add a train/test split column to DATA's obs and write it to --out."""
     from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
-    from condmonge.data.splits import make_split, split_summary
+    from condmonge.data.spec import ConditionSpec
+    from condmonge.data.splits import SplitPlan, make_split, split_summary
 
     try:
-        adata = read_h5ad(data)
-        make_split(
-            adata,
-            kind,
-            holdout=holdout or None,
-            fraction=fraction,
-            n_folds=n_folds,
-            fold=fold,
-            condition_key=condition_key,
-            control=control,
-            dose_key=dose_key,
-            cell_type_key=cell_type_key,
-            control_test_fraction=control_test_fraction,
-            seed=seed,
-            key_added=key_added,
+        spec = ConditionSpec(condition_key, control, dose_key, cell_type_key)
+        plan = SplitPlan(
+            kind, holdout or None, fraction, n_folds, fold, control_test_fraction, seed
         )
+        adata = read_h5ad(data)
+        make_split(adata, plan, spec, key_added=key_added)
         summary = split_summary(adata, key_added)
         write_h5ad_atomic(adata, out)
     except CondMongeError as exc:
@@ -242,6 +245,31 @@ def _write_text_atomic(path: Path, text: str) -> None:
     from condmonge.files import replace_atomically
 
     replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def _evaluation_spec(pred: Any, observed: Any, *keys: str | None) -> Any:
+    """The spec of an evaluation: the options given, else the model's (stored in ``pred``).
+
+    Args:
+      pred, observed: the predictions and the truth (AnnData).
+      *keys: ``condition_key``, ``control``, ``dose_key``, ``cell_type_key`` as given.
+    """
+    import json
+
+    from condmonge.data.spec import ConditionSpec
+
+    names = ("condition_key", "control", "dose_key", "cell_type_key")
+    meta = pred.uns.get("condmonge", {})
+    has_config = isinstance(meta, dict) and "config" in meta
+    stored = json.loads(meta["config"]).get("data", {}) if has_config else {}
+    spec = ConditionSpec.from_dict({k: stored[k] for k in names if stored.get(k)})
+    spec = spec.updated(**dict(zip(names, keys, strict=True)))
+    for key in (spec.condition_key, spec.dose_key, spec.cell_type_key):
+        if key and key not in observed.obs:
+            raise DataError(
+                f"the truth has no obs column '{key}'; pass the matching --*-key options"
+            )
+    return spec
 
 
 @app.command()
@@ -263,7 +291,6 @@ def evaluate(
     """Score predictions against observed cells: per-condition and aggregate metrics."""
     import json
 
-    from condmonge.config import DataConfig
     from condmonge.data.anndata_io import read_h5ad
     from condmonge.evaluate.evaluation import evaluate_prediction
     from condmonge.evaluate.report import HEADLINE_METRICS, metric_columns, to_markdown
@@ -271,24 +298,7 @@ def evaluate(
     try:
         pred = read_h5ad(prediction)
         observed = read_h5ad(truth)
-        # Column names default to those the model was trained with (stored in predictions).
-        stored: dict[str, Any] = {}
-        meta = pred.uns.get("condmonge", {})
-        if isinstance(meta, dict) and "config" in meta:
-            stored = json.loads(meta["config"]).get("data", {})
-        given = {
-            "condition_key": condition_key,
-            "control": control,
-            "dose_key": dose_key,
-            "cell_type_key": cell_type_key,
-        }
-        keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
-        cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
-        for key in (cfg.condition_key, cfg.dose_key, cfg.cell_type_key):
-            if key and key not in observed.obs:
-                raise DataError(
-                    f"the truth has no obs column '{key}'; pass the matching --*-key options"
-                )
+        cfg = _evaluation_spec(pred, observed, condition_key, control, dose_key, cell_type_key)
         table = evaluate_prediction(pred, observed, cfg, method="prediction", max_cells=max_cells)
     except CondMongeError as exc:
         _fail(str(exc))

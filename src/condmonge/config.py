@@ -6,12 +6,14 @@ over as static constants by the jitted functions. Unknown keys are errors, never
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from condmonge.data.spec import ConditionSpec
 from condmonge.errors import ConfigError
 
 __all__ = ["Config", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig", "load_config"]
@@ -22,7 +24,12 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Which AnnData fields describe the conditions."""
+    """Which AnnData fields describe the conditions (:attr:`spec`) and how features are read.
+
+    The first seven fields are those of :class:`~condmonge.data.spec.ConditionSpec`, flat so
+    that a YAML file reads ``data: {condition_key: drug}``; every layer below the config reads
+    :attr:`spec`, never these loose keys.
+    """
 
     condition_key: str = "condition"
     control: str = "control"
@@ -40,6 +47,18 @@ class DataConfig(_Strict):
         "predictions are returned in gene space",
     )
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
+
+    @property
+    def spec(self) -> ConditionSpec:
+        """The frozen :class:`~condmonge.data.spec.ConditionSpec` of these fields."""
+        return ConditionSpec(**{name: getattr(self, name) for name in _SPEC_FIELDS})
+
+    def with_spec(self, spec: ConditionSpec) -> DataConfig:
+        """A copy whose spec fields are those of ``spec`` (the other fields are kept)."""
+        return self.model_copy(update=spec.to_dict() | {"covariate_keys": spec.covariate_keys})
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(ConditionSpec))
 
 
 class ModelConfig(_Strict):

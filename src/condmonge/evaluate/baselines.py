@@ -32,11 +32,12 @@ import optax
 import pandas as pd
 
 from condmonge.conditions.spec import Condition, log_dose
-from condmonge.config import DataConfig, LossConfig
+from condmonge.config import LossConfig
 from condmonge.data.anndata_io import align_features, feature_matrix, feature_names
 from condmonge.data.pca import Projection, fit_pca
-from condmonge.data.predictions import assemble_prediction
+from condmonge.data.predictions import assemble_prediction, per_condition
 from condmonge.data.prepare import label_cells
+from condmonge.data.spec import ConditionSpec
 from condmonge.errors import NotFittedError, UnknownConditionError
 
 __all__ = [
@@ -57,36 +58,31 @@ class Baseline:
     name = "baseline"
 
     def __init__(self) -> None:
-        self.data: DataConfig | None = None
+        self.spec: ConditionSpec | None = None
         self.feature_names: list[str] = []
         self.conditions: list[Condition] = []
 
     def fit(
         self,
         adata: ad.AnnData,
-        condition_key: str = "condition",
-        control: str = "control",
+        spec: ConditionSpec | None = None,
         *,
-        dose_key: str | None = None,
-        cell_type_key: str | None = None,
-        use_rep: str | None = None,
         embeddings: Mapping[str, pd.DataFrame] | None = None,
-        combination_sep: str = "+",
     ) -> Baseline:
-        """Learn from the treated and control cells of ``adata`` (the training cells)."""
-        self.data = DataConfig(
-            condition_key=condition_key,
-            control=control,
-            dose_key=dose_key,
-            cell_type_key=cell_type_key,
-            use_rep=use_rep,
-            combination_sep=combination_sep,
-        )
-        cells = label_cells(adata, self.data)
+        """Learn from the treated and control cells of ``adata`` (the training cells).
+
+        Args:
+          adata: cells x features, annotated as ``spec`` says.
+          spec: the data's meaning; ``None`` is the default spec.
+          embeddings: condition tables keyed by ``spec.condition_key`` (for baselines that
+            use one).
+        """
+        self.spec = spec = (spec or ConditionSpec()).validate(adata)
+        cells = label_cells(adata, spec)
         self.conditions = list(cells.conditions)
-        self.feature_names = feature_names(adata, use_rep)
-        x = feature_matrix(adata, use_rep)
-        table = (embeddings or {}).get(condition_key)
+        self.feature_names = feature_names(adata, spec.use_rep)
+        x = feature_matrix(adata, spec.use_rep)
+        table = (embeddings or {}).get(spec.condition_key)
         self._fit(x, cells, table)
         return self
 
@@ -99,11 +95,12 @@ class Baseline:
 
     def predict(self, adata: ad.AnnData, conditions: Sequence[Condition]) -> ad.AnnData:
         """Predict each condition from the control cells of ``adata`` (the model's layout)."""
-        if self.data is None:
+        if self.spec is None:
             raise NotFittedError(f"baseline '{self.name}' is not fitted; call `fit` first")
-        x = align_features(adata, self.feature_names, self.data.use_rep)
+        x = align_features(adata, self.feature_names, self.spec.use_rep)
         return assemble_prediction(
-            adata, x, conditions, self.transport, self.data, self.feature_names,
+            adata, x, conditions, per_condition(self.transport, conditions), self.spec,
+            self.feature_names,
             uns={"method": self.name},
         )  # fmt: skip
 

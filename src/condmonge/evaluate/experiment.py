@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from condmonge.config import Config
 from condmonge.data.anndata_io import feature_matrix, read_h5ad, write_h5ad_atomic
-from condmonge.data.splits import make_split, split_summary
+from condmonge.data.splits import SplitPlan, make_split, split_summary
 from condmonge.errors import ConfigError
 from condmonge.evaluate.baselines import MongeGapPerCondition, make_baseline
 from condmonge.evaluate.evaluation import evaluate_prediction, truth_sets
@@ -357,7 +357,7 @@ def _resolve_embeddings(config: ExperimentConfig, sources: dict[str, Any], train
     from condmonge.data.prepare import label_cells
 
     d = config.model.data
-    cells = label_cells(train, d)
+    cells = label_cells(train, d.spec)
     perts = sorted({p for c in cells.conditions for p in c.perturbations})
     types = sorted({str(c.cell_type) for c in cells.conditions if c.cell_type is not None})
     return {
@@ -382,22 +382,8 @@ def run_experiment(
     d = config.model.data
     adata, embeddings, true_map, holdout = _load(config, Path(config_dir))
     s = config.split
-    split = make_split(
-        adata,
-        s.kind,
-        holdout=holdout,
-        fraction=s.fraction,
-        n_folds=s.n_folds,
-        fold=s.fold,
-        condition_key=d.condition_key,
-        control=d.control,
-        dose_key=d.dose_key,
-        cell_type_key=d.cell_type_key,
-        sep=d.combination_sep,
-        control_test_fraction=s.control_test_fraction,
-        seed=s.seed,
-        key_added="split",
-    )
+    plan = SplitPlan(**(s.model_dump() | {"holdout": holdout}))
+    split = make_split(adata, plan, d.spec, key_added="split")
     sides = split_summary(adata, "split")
     train = adata[(split == "train").to_numpy()].copy()
     test = adata[(split == "test").to_numpy()].copy()
@@ -421,14 +407,6 @@ def run_experiment(
     predictions[MODEL_NAME] = model.predict(test, conditions)
     timings["predict_" + MODEL_NAME] = time.perf_counter() - start
 
-    fit_kwargs = {
-        "condition_key": d.condition_key,
-        "control": d.control,
-        "dose_key": d.dose_key,
-        "cell_type_key": d.cell_type_key,
-        "use_rep": d.use_rep,
-        "combination_sep": d.combination_sep,
-    }
     notes = []
     for name in config.baselines:
         start = time.perf_counter()
@@ -438,7 +416,7 @@ def run_experiment(
                 steps=m.steps, n_pca=m.n_pca, loss=config.model.loss, seed=m.seed
             )
             if s.kind == "random":
-                baseline.fit(train, **fit_kwargs)
+                baseline.fit(train, d.spec)
             else:
                 # Out-of-distribution splits leave no training cells of a test condition: the
                 # condition-specific model is then an oracle fitted on the test cells.
@@ -448,9 +426,9 @@ def run_experiment(
                     "that condition's *test* cells (an in-sample upper reference, not a "
                     "competitor): condition-specific models cannot predict unseen conditions."
                 )
-                baseline.fit(test, **fit_kwargs)
+                baseline.fit(test, d.spec)
         else:
-            baseline = make_baseline(name).fit(train, embeddings=embeddings, **fit_kwargs)
+            baseline = make_baseline(name).fit(train, d.spec, embeddings=embeddings)
         say(f"baseline {name}")
         predictions[name] = baseline.predict(test, conditions)
         timings[f"fit_predict_{name}"] = time.perf_counter() - start
