@@ -23,11 +23,15 @@ from collections.abc import Iterable
 from typing import Literal
 
 import anndata as ad
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from condmonge.data.pca import pca_scores
 from condmonge.errors import ConfigError, DataError, suggest
+from condmonge.ops import mean_distance, ridge_dual, sinkhorn_terms, sq_distances
 
 __all__ = ["effect_embedding", "infer_effect_embedding"]
 
@@ -62,28 +66,13 @@ def _read_rows(adata: ad.AnnData, rows: np.ndarray, use_rep: str | None) -> np.n
     return values
 
 
-def _pca(signatures: np.ndarray, n_components: int) -> np.ndarray:
-    centred = signatures - signatures.mean(axis=0)
-    u, s, vt = np.linalg.svd(centred, full_matrices=False)
-    axes = vt[:n_components]
-    signs = np.sign(axes[np.arange(n_components), np.abs(axes).argmax(axis=1)])
-    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
-    return centred @ axes.T
-
-
-def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``E|A - B|`` over all pairs of rows (Euclidean norms)."""
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return float(np.sqrt(np.maximum(sq, 0.0)).mean())
-
-
 def _energy_batch(
     pops: dict[tuple[int, int], np.ndarray], jobs: list[tuple[int, int, int]]
 ) -> list[float]:
     """Energy distances ``2E|X-Y| - E|X-X'| - E|Y-Y'|`` (V-statistics) of every pair in jobs."""
-    within = {key: _mean_distance(pop, pop) for key, pop in pops.items()}
+    within = {key: float(mean_distance(pop, pop)) for key, pop in pops.items()}
     return [
-        max(2.0 * _mean_distance(pops[c, i], pops[c, j]) - within[c, i] - within[c, j], 0.0)
+        max(2.0 * float(mean_distance(pops[c, i], pops[c, j])) - within[c, i] - within[c, j], 0.0)
         for c, i, j in jobs
     ]
 
@@ -170,12 +159,9 @@ def _pairwise(
 @functools.lru_cache(maxsize=4)
 def _sinkhorn_fn(max_iterations: int):
     """Jitted, vmapped Sinkhorn divergence (epsilon traced: one compilation per shape)."""
-    import jax
-
-    from condmonge.evaluate.metrics import sinkhorn_divergence
 
     def one(x, y, a, b, epsilon):
-        return sinkhorn_divergence(x, y, a, b, epsilon=epsilon, max_iterations=max_iterations)
+        return sinkhorn_terms(x, y, a, b, epsilon=epsilon, max_iterations=max_iterations)[0]
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
 
@@ -188,9 +174,6 @@ def _sinkhorn_batch(
     max_iterations: int = 500,
 ) -> list[float]:
     """Debiased Sinkhorn divergences of every pair in ``jobs``, vmapped in fixed-size chunks."""
-    import jax
-    import jax.numpy as jnp
-
     if not jobs:
         return []
     chunk = min(chunk, len(jobs))
@@ -362,7 +345,7 @@ def effect_embedding(
             i, c = key // (n_cell * n_dose), (key // n_dose) % n_cell
             sums[i] += mean - control_of[c]
             counts[i] += 1
-        embedded = _pca(sums / counts[:, None], n_components)
+        embedded = pca_scores(sums / counts[:, None], n_components)
     else:
         order = np.argsort(np.where(drug >= 0, cell * len(train) + drug, -1), kind="stable")
         squared = _pairwise(
@@ -431,12 +414,7 @@ def infer_effect_embedding(
     z_seen, z_new = (s_seen - mean) / scale, (s_new - mean) / scale
     y = effect.to_numpy(np.float64)
     if method == "knn":
-        sq = (
-            (z_new * z_new).sum(1)[:, None]
-            + (z_seen * z_seen).sum(1)[None, :]
-            - 2.0 * z_new @ z_seen.T
-        )
-        dist = np.sqrt(np.maximum(sq, 0.0))
+        dist = np.sqrt(sq_distances(z_new, z_seen))
         n = min(k, len(effect))
         nearest = np.argsort(dist, axis=1, kind="stable")[:, :n]
         d = np.take_along_axis(dist, nearest, axis=1)
@@ -445,10 +423,8 @@ def infer_effect_embedding(
         predicted = np.einsum("nk,nkj->nj", weights, y[nearest])
     else:
         y_mean = y.mean(axis=0)
-        gram = z_seen @ z_seen.T
-        penalty = alpha * max(float(np.trace(gram)) / len(gram), 1e-12)
-        coef = np.linalg.solve(gram + penalty * np.eye(len(gram)), y - y_mean)
-        predicted = z_new @ z_seen.T @ coef + y_mean
+        penalty = alpha * max(float(np.mean(np.sum(z_seen * z_seen, axis=1))), 1e-12)
+        predicted = z_new @ ridge_dual(z_seen, y - y_mean, penalty) + y_mean
     inferred = pd.DataFrame(predicted, index=pd.Index(unseen), columns=effect.columns)
     out = pd.concat([effect, inferred]).astype(np.float32)
     out.index.name = effect_table.index.name

@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from condmonge.data.pca import principal_axes
 from condmonge.errors import ConfigError, DataError, suggest
 
 __all__ = [
@@ -378,11 +379,8 @@ def reduce_embedding(
     mean = train.mean(axis=0)
     std = train.std(axis=0)
     scale = np.where(std > 1e-12, std, 1.0)
-    _, _, vt = np.linalg.svd((train - mean) / scale, full_matrices=False)
-    axes = vt[:n_components]
-    signs = np.sign(axes[np.arange(n_components), np.abs(axes).argmax(axis=1)])
-    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
-    projected = ((values - mean) / scale) @ axes.T
+    axes = principal_axes((train - mean) / scale, n_components).components
+    projected = ((values - mean) / scale) @ axes
     return pd.DataFrame(
         projected.astype(np.float32),
         index=table.index,

@@ -13,7 +13,7 @@ from scipy.special import expit
 
 from condmonge.errors import ConfigError, UnknownConditionError, suggest
 
-__all__ = ["AffineTask", "ConvexTask", "convex_task", "l2_uvp", "spd_affine_task"]
+__all__ = ["AffineTask", "ConvexTask", "convex_task", "spd_affine_task"]
 
 
 @dataclass(frozen=True)
@@ -83,21 +83,6 @@ def spd_affine_task(
     var = pd.DataFrame(index=[f"f{j}" for j in range(d)])
     adata = ad.AnnData(X=x, obs=obs, var=var)
     return AffineTask(adata, np.stack(matrices), np.stack(offsets), names)
-
-
-def l2_uvp(predicted: np.ndarray, true_mapped: np.ndarray) -> float:
-    r"""Unexplained variance percentage of a map (Korotin et al. 2021).
-
-    .. math::
-        \mathrm{L2\text{-}UVP} = 100 \cdot \frac{\mathbb{E}\|\hat T(x) - T^*(x)\|^2}
-            {\operatorname{tr}\operatorname{Cov}(T^*\sharp\mu)}
-
-    Args:
-      predicted: ``[n, d]`` images under the learned map; true_mapped: ``[n, d]`` under ``T*``.
-    """
-    err = np.mean(np.sum((predicted - true_mapped) ** 2, axis=1))
-    var = np.sum(np.var(true_mapped, axis=0))
-    return float(100.0 * err / var)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from ott.geometry import pointcloud
-from ott.tools import sinkhorn_divergence as sd
+
+from condmonge.ops import EPS, energy_distance, normalised_weights, sinkhorn_terms, sq_distances
 
 __all__ = [
     "DE_SIZES",
@@ -36,6 +36,7 @@ __all__ = [
     "energy_distance",
     "entropic_w2",
     "evaluate_populations",
+    "l2_uvp",
     "mean_delta_r2",
     "mean_r2_pearson",
     "mmd_rbf",
@@ -53,20 +54,6 @@ __all__ = [
 MMD_GAMMAS = (2.0, 1.0, 0.5, 0.1, 0.01, 0.005)
 #: Sizes of the top differentially expressed feature sets.
 DE_SIZES = (20, 50, 100)
-
-_EPS = 1e-12
-
-
-def _weights(w: jnp.ndarray | None, n: int) -> jnp.ndarray:
-    if w is None:
-        return jnp.full((n,), 1.0 / n, jnp.float32)
-    w = jnp.asarray(w, jnp.float32)
-    return w / jnp.sum(w)
-
-
-def _sq_dists(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-    d = jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None, :] - 2.0 * x @ y.T
-    return jnp.maximum(d, 0.0)
 
 
 def _pair_mean(values: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -88,7 +75,7 @@ def weighted_moments(
     Returns:
       Four ``[d]`` arrays.
     """
-    w = _weights(w, x.shape[0])
+    w = normalised_weights(w, x.shape[0])
     mean = w @ x
     c = x - mean
     m2 = w @ c**2
@@ -175,8 +162,8 @@ def mmd_rbf(
 
     (V-statistic: 0 for identical samples). The default ``gammas`` are the reference's.
     """
-    a, b = _weights(a, x.shape[0]), _weights(b, y.shape[0])
-    dxx, dyy, dxy = _sq_dists(x, x), _sq_dists(y, y), _sq_dists(x, y)
+    a, b = normalised_weights(a, x.shape[0]), normalised_weights(b, y.shape[0])
+    dxx, dyy, dxy = sq_distances(x, x), sq_distances(y, y), sq_distances(x, y)
     values = [
         _pair_mean(jnp.exp(-g * dxx), a, a)
         + _pair_mean(jnp.exp(-g * dyy), b, b)
@@ -208,55 +195,15 @@ def mmd_rbf_median(
     weight, i.e. :math:`k = e^{-\|u-v\|^2 / (2\sigma^2)}` with :math:`2\sigma^2` the median.
     Scale-free, unlike the fixed ``gammas`` of :func:`mmd_rbf`.
     """
-    a, b = _weights(a, x.shape[0]), _weights(b, y.shape[0])
-    dxy = _sq_dists(x, y)
+    a, b = normalised_weights(a, x.shape[0]), normalised_weights(b, y.shape[0])
+    dxy = sq_distances(x, y)
     median = _weighted_median(dxy, a[:, None] * b[None, :])
-    gamma = 1.0 / jnp.maximum(median, _EPS)
+    gamma = 1.0 / jnp.maximum(median, EPS)
     return (
-        _pair_mean(jnp.exp(-gamma * _sq_dists(x, x)), a, a)
-        + _pair_mean(jnp.exp(-gamma * _sq_dists(y, y)), b, b)
+        _pair_mean(jnp.exp(-gamma * sq_distances(x, x)), a, a)
+        + _pair_mean(jnp.exp(-gamma * sq_distances(y, y)), b, b)
         - 2 * _pair_mean(jnp.exp(-gamma * dxy), a, b)
     )
-
-
-def energy_distance(
-    x: jnp.ndarray,
-    y: jnp.ndarray,
-    a: jnp.ndarray | None = None,
-    b: jnp.ndarray | None = None,
-    squared: bool = False,
-) -> jnp.ndarray:
-    r"""Energy distance with Euclidean (default) or squared-Euclidean inner distances.
-
-    .. math:: E = 2\,\mathbb{E}\|X - Y\| - \mathbb{E}\|X - X'\| - \mathbb{E}\|Y - Y'\|
-
-    (V-statistic, ≥ 0, 0 for identical samples). With ``squared=True`` every distance is
-    squared and the formula collapses exactly to :math:`2\|\mu_X - \mu_Y\|^2`, a mean-only
-    statistic: that is why the Euclidean form is the one reported.
-    """
-    a, b = _weights(a, x.shape[0]), _weights(b, y.shape[0])
-
-    def mean_dist(u, v, wu, wv):
-        d2 = _sq_dists(u, v)
-        return _pair_mean(d2 if squared else jnp.sqrt(d2 + _EPS), wu, wv)
-
-    return 2 * mean_dist(x, y, a, b) - mean_dist(x, x, a, a) - mean_dist(y, y, b, b)
-
-
-def _sinkhorn_terms(x, y, a, b, epsilon, max_iterations):
-    """Sinkhorn divergence and the transport cost of its cross plan, from one ott-jax solve."""
-    value, out = sd.sinkhorn_divergence(
-        pointcloud.PointCloud,
-        x,
-        y,
-        a=_weights(a, x.shape[0]),
-        b=_weights(b, y.shape[0]),
-        epsilon=epsilon,
-        solve_kwargs={"max_iterations": max_iterations, "threshold": 1e-3},
-    )
-    geom = out.geoms[0]
-    plan = geom.transport_from_potentials(*out.potentials[0])
-    return value, jnp.sum(plan * geom.cost_matrix)
 
 
 def sinkhorn_divergence(
@@ -276,7 +223,7 @@ def sinkhorn_divergence(
 
     ``epsilon = 0.1`` is the reference's evaluation setting (ott-jax solver).
     """
-    return _sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[0]
+    return sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[0]
 
 
 def entropic_w2(
@@ -296,7 +243,7 @@ def entropic_w2(
     :func:`sinkhorn_divergence`, so both come from one solve). With cells in expression or PCA
     units, ``epsilon = 0.1`` is small next to typical costs and the plan is nearly unregularised.
     """
-    cost = _sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[1]
+    cost = sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[1]
     return jnp.sqrt(jnp.maximum(cost, 0.0))
 
 
@@ -304,7 +251,9 @@ def drug_signature(
     x: jnp.ndarray, y: jnp.ndarray, a: jnp.ndarray | None = None, b: jnp.ndarray | None = None
 ) -> jnp.ndarray:
     r"""The cmonge "drug signature" distance: distance of the means, :math:`\|\mu_X-\mu_Y\|_2`."""
-    return jnp.linalg.norm(_weights(a, x.shape[0]) @ x - _weights(b, y.shape[0]) @ y)
+    return jnp.linalg.norm(
+        normalised_weights(a, x.shape[0]) @ x - normalised_weights(b, y.shape[0]) @ y
+    )
 
 
 # ----------------------------------------------------------------------------- all at once
@@ -326,7 +275,11 @@ def population_metrics(
     Weights ``a``, ``b``, ``c`` (zeros mark padding). Top-DE features are ranked from the truth
     vs the control. Returns a dict of scalars (names: see the module docstring).
     """
-    a, b, c = _weights(a, pred.shape[0]), _weights(b, truth.shape[0]), _weights(c, control.shape[0])
+    a, b, c = (
+        normalised_weights(a, pred.shape[0]),
+        normalised_weights(b, truth.shape[0]),
+        normalised_weights(c, control.shape[0]),
+    )
     mu_p, mu_t, mu_c = a @ pred, b @ truth, c @ control
     out: dict[str, jnp.ndarray] = {}
     masks = {"all": None} | {
@@ -340,7 +293,7 @@ def population_metrics(
     out["mmd_rbf"] = mmd_rbf(pred, truth, a, b)
     out["mmd_rbf_median"] = mmd_rbf_median(pred, truth, a, b)
     out["energy_distance"] = energy_distance(pred, truth, a, b)
-    divergence, cost = _sinkhorn_terms(pred, truth, a, b, sinkhorn_epsilon, sinkhorn_iterations)
+    divergence, cost = sinkhorn_terms(pred, truth, a, b, sinkhorn_epsilon, sinkhorn_iterations)
     out[f"sinkhorn_div_eps{sinkhorn_epsilon:g}"] = divergence
     out["w2_entropic"] = jnp.sqrt(jnp.maximum(cost, 0.0))
     out["drug_signature"] = drug_signature(pred, truth, a, b)
@@ -461,6 +414,25 @@ def evaluate_populations(
 
 
 # ----------------------------------------------------------------------------- numpy helpers
+
+
+def l2_uvp(predicted: np.ndarray, true_mapped: np.ndarray) -> float:
+    r"""Unexplained variance percentage of a map (Korotin et al. 2021).
+
+    .. math::
+        \mathrm{L2\text{-}UVP} = 100 \cdot \frac{\mathbb{E}\|\hat T(x) - T^*(x)\|^2}
+            {\operatorname{tr}\operatorname{Cov}(T^*\sharp\mu)}
+
+    Args:
+      predicted: ``[n, d]`` images under the learned map.
+      true_mapped: ``[n, d]`` images of the same cells under the true map ``T*``.
+
+    Returns:
+      The percentage (0 for a perfect map, about 100 for predicting the mean image).
+    """
+    err = np.mean(np.sum((predicted - true_mapped) ** 2, axis=1))
+    var = np.sum(np.var(true_mapped, axis=0))
+    return float(100.0 * err / var)
 
 
 def top_de_features(truth: np.ndarray, control: np.ndarray, k: int) -> np.ndarray:

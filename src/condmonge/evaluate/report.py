@@ -17,7 +17,9 @@ import anndata as ad  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.stats import skew  # noqa: E402
 
+from condmonge.data.pca import principal_axes  # noqa: E402
 from condmonge.evaluate.metrics import METRIC_DIRECTIONS, metric_higher_is_better  # noqa: E402
 from condmonge.files import replace_atomically  # noqa: E402
 
@@ -190,8 +192,6 @@ def plot_mean_deltas(
 
 def plot_moments(predictions: Mapping[str, ad.AnnData], truth, path: str | Path) -> Path:
     """Per-feature variance and skewness, predicted vs true, pooled over conditions."""
-    from scipy.stats import skew
-
     fig, axes = plt.subplots(
         2, len(predictions), figsize=(3.4 * len(predictions), 6.4), squeeze=False
     )
@@ -241,9 +241,8 @@ def plot_pca(
         cond = truth.conditions[key]
         control, treated = sample(truth.control[cond.cell_type]), sample(truth.treated[key])
         both = np.concatenate([control, treated])
-        mean = both.mean(0)
-        _, _, vt = np.linalg.svd(both - mean, full_matrices=False)
-        proj = vt[:2].T
+        axes = principal_axes(both, 2)
+        mean, proj = axes.mean, axes.components
         for j, (method, pred) in enumerate(predictions.items()):
             rows = (pred.obs["condition_id"].astype(str) == key).to_numpy()
             ax = axes[i, j]
