@@ -36,9 +36,14 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import rdkit
+from rdkit import Chem
+from rdkit.Chem import Descriptors, rdFingerprintGenerator
+from rdkit.rdBase import BlockLogs
 
 from condmonge.data.pca import principal_axes
 from condmonge.errors import ConfigError, DataError, suggest
+from condmonge.files import replace_atomically
 
 __all__ = [
     "SmilesSpec",
@@ -62,17 +67,6 @@ def default_cache_dir() -> Path:
     root = os.environ.get("CONDMONGE_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "condmonge"
     return base / "smiles"
-
-
-def _rdkit():
-    try:
-        import rdkit
-        from rdkit import Chem
-        from rdkit.Chem import Descriptors, rdFingerprintGenerator
-        from rdkit.rdBase import BlockLogs
-    except ImportError as exc:  # pragma: no cover - rdkit is a dependency
-        raise ImportError("SMILES embeddings need RDKit: pip install rdkit") from exc
-    return rdkit, Chem, Descriptors, rdFingerprintGenerator, BlockLogs
 
 
 def _as_series(smiles: Mapping[str, str] | pd.Series) -> pd.Series:
@@ -107,20 +101,19 @@ def _missing_error(missing: Sequence[str], total: int, where: str) -> DataError:
 
 def _canonical(series: pd.Series) -> dict[str, str]:
     """Parse every SMILES; return ``{drug: canonical SMILES}`` or raise naming the bad ones."""
-    _, chem, _, _, block_logs = _rdkit()
     missing = [name for name, s in series.items() if _is_missing(s)]
     if missing:
         raise _missing_error(missing, len(series), "in the table")
     out = {}
-    with block_logs():
+    with BlockLogs():
         for name, smi in series.items():
-            mol = chem.MolFromSmiles(str(smi).strip())
+            mol = Chem.MolFromSmiles(str(smi).strip())
             if mol is None or mol.GetNumAtoms() == 0:
                 raise DataError(
                     f"drug '{name}' has an invalid SMILES '{smi}' (RDKit cannot parse it); fix or "
                     "remove that row"
                 )
-            out[name] = chem.MolToSmiles(mol)
+            out[name] = Chem.MolToSmiles(mol)
     return out
 
 
@@ -128,14 +121,13 @@ def _compute_block(
     smiles: str, block: str, radius: int, n_bits: int
 ) -> tuple[np.ndarray, list[str]]:
     """Features of one canonical SMILES: values (float64) and column names."""
-    _, chem, descriptors, fp_gen, block_logs = _rdkit()
-    with block_logs():
-        mol = chem.MolFromSmiles(smiles)
+    with BlockLogs():
+        mol = Chem.MolFromSmiles(smiles)
         if block == "morgan_counts":
-            generator = fp_gen.GetMorganGenerator(radius=radius, fpSize=n_bits)
+            generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
             values = generator.GetCountFingerprintAsNumPy(mol).astype(np.float64)
             return values, [f"morgan_{i}" for i in range(n_bits)]
-        found = descriptors.CalcMolDescriptors(mol, missingVal=np.nan)
+        found = Descriptors.CalcMolDescriptors(mol, missingVal=np.nan)
     names, values = [], []
     for name, value in found.items():
         value = float(value) if value is not None else np.nan
@@ -161,7 +153,6 @@ def _cache_key(smiles: str, block: str, radius: int, n_bits: int, version: str) 
 def _cached_block(
     smiles: str, block: str, radius: int, n_bits: int, cache: Path | None
 ) -> tuple[np.ndarray, list[str]]:
-    rdkit = _rdkit()[0]
     if cache is None:
         return _compute_block(smiles, block, radius, n_bits)
     key = _cache_key(smiles, block, radius, n_bits, rdkit.__version__)
@@ -174,15 +165,13 @@ def _cached_block(
     except (OSError, ValueError, KeyError):
         pass  # absent or damaged: recompute and overwrite
     values, columns = _compute_block(smiles, block, radius, n_bits)
+    meta = {"smiles": smiles, "block": block, "rdkit": rdkit.__version__, "columns": columns}
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{key}.{os.getpid()}.tmp.npy"
-        np.save(tmp, values, allow_pickle=False)
-        os.replace(tmp, array_path)
-        meta = {"smiles": smiles, "block": block, "rdkit": rdkit.__version__, "columns": columns}
-        tmp_meta = cache / f".{key}.{os.getpid()}.tmp.json"
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, meta_path)  # written last: a hit needs both files
+        replace_atomically(
+            array_path, lambda tmp: np.save(tmp, values, allow_pickle=False), suffix=".npy"
+        )
+        # Written last: a hit needs both files.
+        replace_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
     except OSError as exc:
         warnings.warn(f"cannot write the SMILES feature cache in {cache}: {exc}", stacklevel=3)
     return values, columns
@@ -284,22 +273,10 @@ def smiles_features(
     return out
 
 
-def read_smiles_table(
-    path: str | os.PathLike, name_column: str | None = None, smiles_column: str | None = None
-) -> pd.Series:
-    """Read a CSV of drug names and SMILES into a Series (index = drug name, values = SMILES).
-
-    Columns are found by name when not given: the SMILES column is named like ``smiles`` /
-    ``smile`` / ``SMILES`` (case-insensitive), the names come from a column ``drug``, ``name``,
-    ``compound``, ``perturbation`` or ``condition``, else from the first other text column.
-    Rows repeating a drug with the same SMILES are merged; conflicting repeats raise.
-    """
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise DataError(f"SMILES table '{path}' does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"SMILES table '{path}' is not a readable CSV: {exc}") from None
+def _smiles_columns(
+    frame: pd.DataFrame, path: object, name_column: str | None, smiles_column: str | None
+) -> tuple[str, str]:
+    """The ``(name, SMILES)`` columns of a SMILES table: given, or found by name."""
     lower = {str(c).lower(): c for c in frame.columns}
 
     def pick(given: str | None, candidates: Sequence[str], what: str) -> str | None:
@@ -331,6 +308,26 @@ def read_smiles_table(
                 f"{list(frame.columns)}); pass name_column="
             )
         name_col = text[0]
+    return name_col, smiles_col
+
+
+def read_smiles_table(
+    path: str | os.PathLike, name_column: str | None = None, smiles_column: str | None = None
+) -> pd.Series:
+    """Read a CSV of drug names and SMILES into a Series (index = drug name, values = SMILES).
+
+    Columns are found by name when not given: the SMILES column is named like ``smiles`` /
+    ``smile`` / ``SMILES`` (case-insensitive), the names come from a column ``drug``, ``name``,
+    ``compound``, ``perturbation`` or ``condition``, else from the first other text column.
+    Rows repeating a drug with the same SMILES are merged; conflicting repeats raise.
+    """
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"SMILES table '{path}' does not exist") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"SMILES table '{path}' is not a readable CSV: {exc}") from None
+    name_col, smiles_col = _smiles_columns(frame, path, name_column, smiles_column)
     names = frame[name_col]
     if names.isna().any():
         raise DataError(f"SMILES table '{path}' has rows without a drug name in '{name_col}'")
