@@ -385,7 +385,7 @@ def reduce_embedding(
     )
 
 
-def smiles_embedding(
+def smiles_embedding(  # noqa: PLR0913  keyword options of a public, documented entry point
     source: str | os.PathLike | Mapping[str, str] | pd.Series,
     kind: Kind = "descriptors",
     n_components: int | None = None,

@@ -117,7 +117,7 @@ def fit_backed_projection(
         mean, cov = _moments(fit_chunks(), n_fit, d)
         projection = projection_from_moments(mean, cov, n_components)
     else:
-        result = streaming_axes(fit_chunks, n_fit, d, n_components)
+        result = streaming_axes(fit_chunks, (n_fit, d), n_components)
         projection = Projection(
             result.mean.astype(np.float32), result.components.astype(np.float32)
         )

@@ -168,7 +168,7 @@ def principal_axes(
     if solver == "auto":
         solver = "randomized" if min(n, d) > EXACT_MAX_DIM else "covariance" if d <= n else "svd"
     if solver == "randomized":
-        return streaming_axes(_row_chunks(x), n, d, n_components, seed=seed, progress=progress)
+        return streaming_axes(_row_chunks(x), (n, d), n_components, seed=seed, progress=progress)
     dense = _dense64(x)
     mean = dense.mean(axis=0)
     centred = dense - mean
@@ -251,11 +251,9 @@ def _covariance_times(chunks: Chunks, mean: np.ndarray, n: int, q: np.ndarray) -
 
 def streaming_axes(
     chunks: Chunks,
-    n: int,
-    d: int,
+    shape: tuple[int, int],
     n_components: int,
     *,
-    oversample: int | None = None,
     tol: float = 1e-6,
     max_iter: int = 12,
     seed: int = 0,
@@ -265,9 +263,9 @@ def streaming_axes(
 
     Args:
       chunks: ``chunks()`` yields the ``n`` rows once, as dense or CSR ``[r, d]`` blocks.
-      n, d: shape of the data.
-      n_components: number of axes ``p``.
-      oversample: extra columns of the iterated block (default ``max(10, p // 2)``).
+      shape: ``(n, d)`` of the data.
+      n_components: number of axes ``p``; the iterated block has ``p + max(10, p // 2)``
+        columns (oversampling, as in Halko et al.).
       tol: stop when every wanted Ritz pair has residual at most ``tol`` times the top variance.
       max_iter: at most this many passes after the one that computes the mean.
       seed: seed of the Gaussian starting block.
@@ -276,8 +274,9 @@ def streaming_axes(
     Returns:
       :class:`PCAResult` with ``components [d, p]``, the residual reached and the passes made.
     """
+    n, d = shape
     check_n_components(n_components, n, d)
-    block_size = min(d, n, n_components + (oversample or max(10, n_components // 2)))
+    block_size = min(d, n, n_components + max(10, n_components // 2))
     console = Console(stderr=True)
     show = progress and console.is_terminal
     with Progress(console=console, transient=True, disable=not show) as bar:

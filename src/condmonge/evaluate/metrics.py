@@ -222,6 +222,12 @@ def sinkhorn_divergence(
             - \tfrac12\mathrm{OT}_\varepsilon(\beta,\beta)
 
     ``epsilon = 0.1`` is the reference's evaluation setting (ott-jax solver).
+
+    Args:
+      x: ``[n, d]`` prediction; y: ``[m, d]`` truth; a: ``[n]``; b: ``[m]`` (weights;
+        ``None`` = uniform, zeros mark padding).
+      epsilon: absolute entropic regularisation.
+      max_iterations: Sinkhorn iterations at most.
     """
     return sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[0]
 
@@ -231,6 +237,7 @@ def entropic_w2(
     y: jnp.ndarray,
     a: jnp.ndarray | None = None,
     b: jnp.ndarray | None = None,
+    *,
     epsilon: float = 0.1,
     max_iterations: int = 1000,
 ) -> jnp.ndarray:
@@ -242,6 +249,10 @@ def entropic_w2(
     squared-Euclidean cost :math:`C` at absolute ``epsilon`` (the plan of the cross term of
     :func:`sinkhorn_divergence`, so both come from one solve). With cells in expression or PCA
     units, ``epsilon = 0.1`` is small next to typical costs and the plan is nearly unregularised.
+
+    Args:
+      x, y, a, b, max_iterations: as :func:`sinkhorn_divergence`.
+      epsilon: absolute entropic regularisation (keyword only).
     """
     cost = sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[1]
     return jnp.sqrt(jnp.maximum(cost, 0.0))
@@ -259,7 +270,7 @@ def drug_signature(
 # ----------------------------------------------------------------------------- all at once
 
 
-def population_metrics(
+def population_metrics(  # noqa: PLR0913  three weighted clouds (6 arrays, vmapped) + options
     pred: jnp.ndarray,
     truth: jnp.ndarray,
     control: jnp.ndarray,
@@ -358,7 +369,7 @@ def _batched_metrics(de_sizes: tuple[int, ...], epsilon: float, iterations: int)
     return jax.jit(jax.vmap(one))
 
 
-def evaluate_populations(
+def evaluate_populations(  # noqa: PLR0913  keyword options of a public entry point
     predictions: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
     controls: Sequence[np.ndarray],
