@@ -41,7 +41,7 @@ def test_fix_signs_makes_the_largest_loading_positive():
 def test_exact_solvers_agree_with_the_full_eigendecomposition(rng, shape):
     x = rng.normal(size=shape).astype(np.float32) * np.linspace(3, 1, shape[1], dtype=np.float32)
     values, vectors = _reference(x, 6)
-    for solver in ("auto", "covariance", "svd"):
+    for solver in ("auto", "covariance", "gram", "svd"):
         result = pca.principal_axes(x, 6, solver=solver)
         np.testing.assert_allclose(result.components, vectors, atol=1e-8)
         np.testing.assert_allclose(result.variances, values, rtol=1e-10)

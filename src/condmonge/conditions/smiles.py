@@ -376,7 +376,8 @@ def reduce_embedding(
     mean = train.mean(axis=0)
     std = train.std(axis=0)
     scale = np.where(std > 1e-12, std, 1.0)
-    axes = principal_axes((train - mean) / scale, n_components).components
+    solver = "svd" if len(train) < train.shape[1] else "auto"  # axes beyond the rank: the SVD's
+    axes = principal_axes((train - mean) / scale, n_components, solver=solver).components
     projected = ((values - mean) / scale) @ axes
     return pd.DataFrame(
         projected.astype(np.float32),

@@ -13,8 +13,12 @@ Solvers (:func:`principal_axes`), chosen by ``solver="auto"`` from the shape ``[
 
 - ``"covariance"`` (``d <= n`` and ``d <=`` :data:`EXACT_MAX_DIM`): eigendecomposition of the
   ``[d, d]`` covariance, exact;
-- ``"svd"`` (``n < d`` and ``n <=`` :data:`EXACT_MAX_DIM`): thin SVD of the centred data, exact
-  and ``O(n^2 d)`` (7,000 genes x 2,000 cells in about a second);
+- ``"gram"`` (``n < d`` and ``n <=`` :data:`EXACT_MAX_DIM`): eigendecomposition of the
+  ``[n, n]`` Gram matrix of the centred cells, exact and ``O(n^2 d)`` (7,000 genes x 2,000
+  cells in seconds);
+- ``"svd"`` (never chosen by ``"auto"``): thin SVD of the centred data, exact, slower than
+  ``"gram"`` but accurate down to the smallest singular values (used for the small tables of
+  :mod:`condmonge.conditions`, where every axis may be used);
 - ``"randomized"`` (both dimensions large): block subspace iteration on the covariance
   operator with Rayleigh-Ritz (Halko, Martinsson & Tropp 2011, Algorithm 4.4 on
   :math:`X_c^\top X_c`), ``p + oversample`` columns, one pass over the rows per iteration
@@ -57,7 +61,7 @@ __all__ = [
 #: ``O(min(n, d)^2 max(n, d))``, about the cost of 15 randomized iterations at this size).
 EXACT_MAX_DIM = 2048
 
-Solver = Literal["auto", "covariance", "svd", "randomized"]
+Solver = Literal["auto", "covariance", "gram", "svd", "randomized"]
 #: Row blocks of a data matrix, one pass per call: dense ``[r, d]`` or CSR ``[r, d]`` arrays.
 Chunks = Callable[[], Iterable[np.ndarray | sp.csr_matrix]]
 
@@ -156,7 +160,7 @@ def principal_axes(
     Args:
       x: ``[n, d]`` data, dense or sparse (sparse stays sparse for ``"randomized"``).
       n_components: number of axes ``p``, ``1 <= p <= min(n, d)``.
-      solver: ``"auto"``, ``"covariance"``, ``"svd"`` or ``"randomized"``.
+      solver: ``"auto"``, ``"covariance"``, ``"gram"``, ``"svd"`` or ``"randomized"``.
       seed: seed of the randomized solver's starting block.
       progress: show a progress bar (on a terminal only) for the randomized solver.
 
@@ -166,7 +170,7 @@ def principal_axes(
     n, d = x.shape
     check_n_components(n_components, n, d)
     if solver == "auto":
-        solver = "randomized" if min(n, d) > EXACT_MAX_DIM else "covariance" if d <= n else "svd"
+        solver = "randomized" if min(n, d) > EXACT_MAX_DIM else "covariance" if d <= n else "gram"
     if solver == "randomized":
         return streaming_axes(_row_chunks(x), (n, d), n_components, seed=seed, progress=progress)
     dense = _dense64(x)
@@ -176,8 +180,16 @@ def principal_axes(
         cov = centred.T @ centred / max(n - 1, 1)
         axes, variances = _top_eigenvectors(cov, n_components)
         return PCAResult(mean, axes, variances)
+    if solver == "gram":
+        # X_c^T u_i / |X_c^T u_i| are the axes for the eigenvectors u_i of X_c X_c^T.
+        u, values = _top_eigenvectors(centred @ centred.T, n_components)
+        axes = centred.T @ u
+        axes /= np.maximum(np.linalg.norm(axes, axis=0), 1e-300)
+        return PCAResult(mean, fix_signs(axes), values / max(n - 1, 1))
     if solver != "svd":
-        raise DataError(f"unknown PCA solver '{solver}'; use auto, covariance, svd or randomized")
+        raise DataError(
+            f"unknown PCA solver '{solver}'; use auto, covariance, gram, svd or randomized"
+        )
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     return PCAResult(mean, fix_signs(vt[:n_components].T), s[:n_components] ** 2 / max(n - 1, 1))
 
@@ -203,9 +215,12 @@ def fit_pca(
 def pca_scores(x: np.ndarray, n_components: int) -> np.ndarray:
     """Coordinates ``[n, p]`` (float64) of the rows of ``x [n, d]`` on their own principal axes.
 
-    For the small tables of :mod:`condmonge.conditions` (drugs x features) and figures.
+    For the small tables of :mod:`condmonge.conditions` (drugs x features): thin SVD when
+    ``n < d``, so that axes beyond the rank are those of the SVD.
     """
-    result = principal_axes(np.asarray(x, np.float64), n_components)
+    n, d = np.shape(x)
+    solver = "svd" if n < d else "auto"
+    result = principal_axes(np.asarray(x, np.float64), n_components, solver=solver)
     return (np.asarray(x, np.float64) - result.mean) @ result.components
 
 
