@@ -178,7 +178,11 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
 
     def updated(self, overrides: dict[str, Any]) -> Config:
-        """Return a copy with dotted-key overrides, e.g. ``{"train.steps": 100}``, validated."""
+        """Return a copy with dotted-key overrides, e.g. ``{"train.steps": 100}``, validated.
+
+        Args:
+          overrides: ``{"section.key": value}``.
+        """
         tree = self.model_dump()
         for dotted, value in overrides.items():
             node = tree
@@ -193,12 +197,21 @@ class Config(_Strict):
         return config_from_dict(tree)
 
     def to_yaml(self, path: str | Path) -> None:
-        """Write the full configuration as YAML."""
+        """Write the full configuration as YAML.
+
+        Args:
+          path: the file to write.
+        """
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
-    """Validate a nested mapping into a :class:`Config`; errors name the offending key."""
+    """Validate a nested mapping into a :class:`Config`; errors name the offending key.
+
+    Args:
+      tree: nested mapping ``{section: {key: value}}``.
+      source: where it came from, for messages.
+    """
     return validate_tree(
         Config,
         tree,
@@ -208,5 +221,12 @@ def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a YAML config (safe loader only); missing keys take their defaults."""
+    """Read a YAML config (safe loader only); missing keys take their defaults.
+
+    Args:
+      path: the YAML file.
+
+    Raises:
+      ConfigError: missing file, invalid YAML, unknown or ill-typed key.
+    """
     return config_from_dict(read_yaml_mapping(path), source=str(path))

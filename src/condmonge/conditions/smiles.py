@@ -320,6 +320,11 @@ def read_smiles_table(
     ``smile`` / ``SMILES`` (case-insensitive), the names come from a column ``drug``, ``name``,
     ``compound``, ``perturbation`` or ``condition``, else from the first other text column.
     Rows repeating a drug with the same SMILES are merged; conflicting repeats raise.
+
+    Args:
+      path: the CSV file.
+      name_column: the column of drug names (``None``: found by name).
+      smiles_column: the column of SMILES (``None``: found by name).
     """
     try:
         frame = pd.read_csv(path)
@@ -359,6 +364,11 @@ def reduce_embedding(
 
     Returns:
       float32 table, same index, columns ``pc_1 ... pc_k``.
+
+    Args:
+      table: ``[drugs, features]`` numeric table (index = names).
+      n_components: number of axes ``k``.
+      fit_names: the training rows (``None``: all rows).
     """
     if not isinstance(table, pd.DataFrame) or table.shape[1] == 0:
         raise DataError("reduce_embedding needs a non-empty DataFrame (index = names)")
@@ -408,6 +418,17 @@ def smiles_embedding(  # noqa: PLR0913  keyword options of a public, documented 
     controls are no perturbation and need no row. Pass the result as
     ``embeddings={condition_key: table}``; the model z-scores it again with the training drugs'
     statistics.
+
+    Args:
+      source: a CSV path, a Series or a mapping ``{drug: SMILES}``.
+      kind, radius, n_bits, cache_dir: as :func:`smiles_features`.
+      n_components: reduce to this many principal components (``None``: the features).
+      fit_names: the training drugs.
+      name_column, smiles_column: as :func:`read_smiles_table`.
+      control: the control label, whose row is dropped.
+
+    Returns:
+      float32 ``[drugs, features or n_components]`` table.
     """
     if isinstance(source, str | os.PathLike):
         series = read_smiles_table(source, name_column, smiles_column)
@@ -460,6 +481,9 @@ def parse_smiles_spec(value: str) -> SmilesSpec | None:
     principal components, fitted on the training drugs), ``radius`` and ``bits`` (Morgan).
     Returns ``None`` when ``value`` does not start with ``smiles`` followed by ``:`` or ``,``
     (an ordinary embedding table path).
+
+    Args:
+      value: the value after ``KEY=`` on the command line.
     """
     if not re.match(r"^smiles[,:]", value):
         return None

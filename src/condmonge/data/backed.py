@@ -41,7 +41,11 @@ DEFAULT_CHUNK = 8192
 
 
 def obs_only(adata: ad.AnnData) -> ad.AnnData:
-    """An in-memory AnnData with the same ``obs`` and ``var`` and no ``X`` (for validation)."""
+    """An in-memory AnnData with the same ``obs`` and ``var`` and no ``X`` (for validation).
+
+    Args:
+      adata: backed or in-memory AnnData.
+    """
     return ad.AnnData(obs=adata.obs, var=adata.var)
 
 
@@ -51,6 +55,11 @@ def iter_row_chunks(
     """Yield ``(start, rows)`` of ``adata.X`` (backed or not), ``chunk`` rows at a time.
 
     Rows are dense float32, or with ``dense=False`` CSR when ``X`` is sparse.
+
+    Args:
+      adata: ``[N, d]`` AnnData, backed or not.
+      chunk: rows per block.
+      dense: densify sparse blocks.
     """
     x = adata.X
     if x is None:

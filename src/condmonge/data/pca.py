@@ -114,7 +114,13 @@ def fix_signs(components: np.ndarray) -> np.ndarray:
 
 
 def check_n_components(n_components: int, n: int, d: int, what: str = "data.n_pca") -> None:
-    """Raise :class:`DataError` unless ``1 <= n_components <= min(n, d)``."""
+    """Raise :class:`DataError` unless ``1 <= n_components <= min(n, d)``.
+
+    Args:
+      n_components: the requested ``p``.
+      n, d: the data's shape.
+      what: how the message names the setting.
+    """
     if not 0 < n_components <= min(n, d):
         raise DataError(
             f"{what}={n_components} must be between 1 and min(cells, features)={min(n, d)}"
@@ -217,6 +223,10 @@ def pca_scores(x: np.ndarray, n_components: int) -> np.ndarray:
 
     For the small tables of :mod:`condmonge.conditions` (drugs x features): thin SVD when
     ``n < d``, so that axes beyond the rank are those of the SVD.
+
+    Args:
+      x: ``[n, d]`` rows.
+      n_components: number of axes ``p``.
     """
     n, d = np.shape(x)
     solver = "svd" if n < d else "auto"

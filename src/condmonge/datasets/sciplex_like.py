@@ -107,7 +107,14 @@ class SciplexLikeTask:
             )
 
     def embedding(self, drug: str, cell_type: str) -> np.ndarray:
-        """The modulated embedding ``e_{d,c}`` that parameterises the map."""
+        """The modulated embedding ``e_{d,c}`` that parameterises the map.
+
+        Args:
+          drug: a drug of the task; cell_type: one of its cell types.
+
+        Returns:
+          ``[hidden_dim]`` float64.
+        """
         self._check_cell_type(cell_type)
         if drug not in self.hidden_embedding.index:
             raise UnknownConditionError(
@@ -124,6 +131,10 @@ class SciplexLikeTask:
         """Ground-truth map of ``drug`` at ``dose`` in ``cell_type`` applied to ``x [n, d]``.
 
         The control label and ``dose == 0`` give the identity (float64 output).
+
+        Args:
+          drug: a drug (or the control label); dose: its dose (nM); cell_type: a cell type.
+          x: ``[n, d]`` cells.
         """
         t = self.dose_scale(dose)
         self._check_cell_type(cell_type)
@@ -133,7 +144,13 @@ class SciplexLikeTask:
         return x + t * self._gradient(drug, cell_type, x)
 
     def sample_controls(self, cell_type: str, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` fresh control cells ``[n, d]`` (float32) of ``cell_type``."""
+        """``n`` fresh control cells ``[n, d]`` (float32) of ``cell_type``.
+
+        Args:
+          cell_type: a cell type of the task.
+          n: number of cells.
+          seed: seed of the draws.
+        """
         self._check_cell_type(cell_type)
         return sample_mixture(np.random.default_rng(seed), self._controls[cell_type], n)
 

@@ -35,7 +35,12 @@ class AffineTask:
     names: list[str]
 
     def true_map(self, name: str, x: np.ndarray) -> np.ndarray:
-        """Apply the ground-truth map of condition ``name`` to ``x [n, d]``."""
+        """Apply the ground-truth map of condition ``name`` to ``x [n, d]``.
+
+        Args:
+          name: a condition name of the task.
+          x: ``[n, d]`` cells.
+        """
         i = self.names.index(name)
         return x @ self.matrices[i].T + self.offsets[i]
 
@@ -58,6 +63,13 @@ def spd_affine_task(
 
     Control and treated cells are drawn independently (unpaired), ``n_cells`` of each per
     condition.
+
+    Args:
+      n_conditions: number of conditions ``drug_0 ...``.
+      n_features: dimension ``d`` of the cells.
+      n_cells: control cells, and treated cells per condition.
+      seed: the same seed gives the same task.
+      eigen_range: range of the eigenvalues of every ``A_c``.
     """
     rng = np.random.default_rng(seed)
     d = n_features
@@ -163,7 +175,13 @@ class ConvexTask:
     def map_embedding(
         self, embedding: np.ndarray, x: np.ndarray, dose: float | None = None
     ) -> np.ndarray:
-        """Ground-truth map of an arbitrary embedding vector applied to ``x [n, d]``."""
+        """Ground-truth map of an arbitrary embedding vector applied to ``x [n, d]``.
+
+        Args:
+          embedding: ``[embedding_dim]`` vector.
+          x: ``[n, d]`` cells.
+          dose: the dose (``None``: scale 1).
+        """
         m, b, w, beta = self._parameters(embedding)
         x = np.asarray(x, np.float64)
         a = self._theta["A"]
@@ -174,13 +192,24 @@ class ConvexTask:
         """Apply the ground-truth map of ``condition`` at ``dose`` to ``x [n, d]`` (float64).
 
         ``condition == 'control'`` is the identity.
+
+        Args:
+          condition: a condition name (or ``control``).
+          x: ``[n, d]`` cells.
+          dose: the dose (``None``: scale 1).
         """
         if condition == "control":
             return np.array(x, np.float64)
         return self.map_embedding(self._embedding(condition), x, dose)
 
     def potential(self, condition: str, x: np.ndarray, dose: float | None = None) -> np.ndarray:
-        r"""The convex potential :math:`\varphi` of :meth:`true_map` at ``x [n, d]``: ``[n]``."""
+        r"""The convex potential :math:`\varphi` of :meth:`true_map` at ``x [n, d]``: ``[n]``.
+
+        Args:
+          condition: a condition name (or ``control``).
+          x: ``[n, d]`` cells.
+          dose: the dose (``None``: scale 1).
+        """
         x = np.asarray(x, np.float64)
         half_norm = 0.5 * np.sum(x * x, axis=1)
         if condition == "control":
@@ -194,7 +223,12 @@ class ConvexTask:
         return half_norm + self._scale(dose) * psi
 
     def sample_controls(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` fresh draws ``[n, d]`` (float32) from the control distribution."""
+        """``n`` fresh draws ``[n, d]`` (float32) from the control distribution.
+
+        Args:
+          n: number of cells.
+          seed: seed of the draws.
+        """
         return sample_mixture(np.random.default_rng(seed), self._theta, n)
 
 

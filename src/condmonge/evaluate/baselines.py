@@ -332,7 +332,12 @@ BASELINES = {
 
 
 def make_baseline(name: str, **options: Any) -> Baseline:
-    """Instantiate a baseline by name (see :data:`BASELINES`)."""
+    """Instantiate a baseline by name (see :data:`BASELINES`).
+
+    Args:
+      name: a key of :data:`BASELINES`.
+      **options: the baseline's constructor options.
+    """
     if name not in BASELINES:
         raise ConfigError(
             f"unknown baseline '{name}'{suggest(name, BASELINES)}; choose from {sorted(BASELINES)}"

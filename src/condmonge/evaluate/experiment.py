@@ -176,12 +176,24 @@ class ExperimentConfig(StrictModel):
 
 
 def experiment_config_from_dict(tree: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a nested dict; unknown or ill-typed keys are a :class:`ConfigError`."""
+    """Validate a nested dict; unknown or ill-typed keys are a :class:`ConfigError`.
+
+    Args:
+      tree: nested mapping (parsed YAML).
+      source: where it came from, for messages.
+    """
     return validate_tree(ExperimentConfig, tree or {}, source)
 
 
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment YAML file (safe loader: data only)."""
+    """Read an experiment YAML file (safe loader: data only).
+
+    Args:
+      path: the YAML file.
+
+    Raises:
+      ConfigError: missing file, invalid YAML, unknown or ill-typed key.
+    """
     return experiment_config_from_dict(read_yaml_mapping(path, "experiment config"), str(path))
 
 

@@ -74,6 +74,10 @@ def weighted_moments(
 
     Returns:
       Four ``[d]`` arrays.
+
+    Args:
+      x: ``[n, d]`` points.
+      w: ``[n]`` weights (``None``: uniform; zeros mark padding).
     """
     w = normalised_weights(w, x.shape[0])
     mean = w @ x
@@ -96,6 +100,14 @@ def r2_score(pred: jnp.ndarray, true: jnp.ndarray, mask: jnp.ndarray | None = No
 
     restricted to ``mask`` (boolean ``[d]``) when given. 0 for predicting the average, negative
     when worse; NaN when ``true`` is constant.
+
+    Args:
+      pred: ``[d]`` predicted values.
+      true: ``[d]`` observed values.
+      mask: ``[d]`` boolean, the features to score (``None``: all).
+
+    Returns:
+      A scalar.
     """
     m = jnp.ones_like(true) if mask is None else mask.astype(true.dtype)
     n = jnp.sum(m)
@@ -111,6 +123,12 @@ def pearson_r2(
     """Squared Pearson correlation of ``pred [d]`` and ``true [d]`` over (masked) features.
 
     NaN when either side is constant.
+
+    Args:
+      pred: ``[d]``; true: ``[d]``; mask: ``[d]`` boolean or ``None`` (as :func:`r2_score`).
+
+    Returns:
+      A scalar.
     """
     m = jnp.ones_like(true) if mask is None else mask.astype(true.dtype)
     n = jnp.sum(m)
@@ -122,7 +140,13 @@ def pearson_r2(
 
 
 def top_de_mask(truth_mean: jnp.ndarray, control_mean: jnp.ndarray, k: int) -> jnp.ndarray:
-    """Boolean ``[d]`` mask of the ``k`` features whose observed mean moves most (|Δ|)."""
+    """Boolean ``[d]`` mask of the ``k`` features whose observed mean moves most (|Δ|).
+
+    Args:
+      truth_mean: ``[d]`` mean of the observed treated cells.
+      control_mean: ``[d]`` mean of the controls.
+      k: number of features (at most ``d``).
+    """
     k = min(k, truth_mean.shape[0])
     _, idx = jax.lax.top_k(jnp.abs(truth_mean - control_mean), k)
     return jnp.zeros(truth_mean.shape, bool).at[idx].set(True)
@@ -135,6 +159,9 @@ def moment_errors(
 
     Returns ``r2_var``, ``mae_var``, ``r2_skew``, ``mae_skew``, ``r2_kurtosis``,
     ``mae_kurtosis``: R² (:func:`r2_score`) across features and mean absolute error.
+
+    Args:
+      x: ``[n, d]`` prediction; y: ``[m, d]`` truth; a: ``[n]``; b: ``[m]`` (weights).
     """
     _, vx, sx, kx = weighted_moments(x, a)
     _, vy, sy, ky = weighted_moments(y, b)
@@ -161,6 +188,13 @@ def mmd_rbf(
         \mathrm{MMD}^2 = \mathbb{E}k(X,X') + \mathbb{E}k(Y,Y') - 2\,\mathbb{E}k(X,Y)
 
     (V-statistic: 0 for identical samples). The default ``gammas`` are the reference's.
+
+    Args:
+      x: ``[n, d]``; y: ``[m, d]``; a: ``[n]``; b: ``[m]`` (weights; ``None`` = uniform).
+      gammas: RBF precisions averaged over.
+
+    Returns:
+      A scalar.
     """
     a, b = normalised_weights(a, x.shape[0]), normalised_weights(b, y.shape[0])
     dxx, dyy, dxy = sq_distances(x, x), sq_distances(y, y), sq_distances(x, y)
@@ -194,6 +228,12 @@ def mmd_rbf_median(
     :math:`\gamma = 1 / \mathrm{median}_{i,j}\|x_i - y_j\|^2` over the cross pairs with nonzero
     weight, i.e. :math:`k = e^{-\|u-v\|^2 / (2\sigma^2)}` with :math:`2\sigma^2` the median.
     Scale-free, unlike the fixed ``gammas`` of :func:`mmd_rbf`.
+
+    Args:
+      x: ``[n, d]``; y: ``[m, d]``; a: ``[n]``; b: ``[m]`` (weights; ``None`` = uniform).
+
+    Returns:
+      A scalar.
     """
     a, b = normalised_weights(a, x.shape[0]), normalised_weights(b, y.shape[0])
     dxy = sq_distances(x, y)
@@ -261,7 +301,11 @@ def entropic_w2(
 def drug_signature(
     x: jnp.ndarray, y: jnp.ndarray, a: jnp.ndarray | None = None, b: jnp.ndarray | None = None
 ) -> jnp.ndarray:
-    r"""The cmonge "drug signature" distance: distance of the means, :math:`\|\mu_X-\mu_Y\|_2`."""
+    r"""The cmonge "drug signature" distance: distance of the means, :math:`\|\mu_X-\mu_Y\|_2`.
+
+    Args:
+      x: ``[n, d]``; y: ``[m, d]``; a: ``[n]``; b: ``[m]`` (weights; ``None`` = uniform).
+    """
     return jnp.linalg.norm(
         normalised_weights(a, x.shape[0]) @ x - normalised_weights(b, y.shape[0]) @ y
     )
@@ -285,6 +329,14 @@ def population_metrics(  # noqa: PLR0913  three weighted clouds (6 arrays, vmapp
 
     Weights ``a``, ``b``, ``c`` (zeros mark padding). Top-DE features are ranked from the truth
     vs the control. Returns a dict of scalars (names: see the module docstring).
+
+    Args:
+      pred: ``[n, d]`` predicted cells; truth: ``[m, d]`` observed treated cells; control:
+        ``[l, d]`` observed controls.
+      a, b, c: ``[n]``, ``[m]``, ``[l]`` weights (``None``: uniform).
+      de_sizes: sizes of the top-DE feature sets (those smaller than ``d``).
+      sinkhorn_epsilon: absolute epsilon of the Sinkhorn metrics.
+      sinkhorn_iterations: their iteration cap.
     """
     a, b, c = (
         normalised_weights(a, pred.shape[0]),
@@ -313,7 +365,11 @@ def population_metrics(  # noqa: PLR0913  three weighted clouds (6 arrays, vmapp
 
 
 def metric_higher_is_better(name: str) -> bool:
-    """Direction of a metric by its name: R² values are better high, distances and errors low."""
+    """Direction of a metric by its name: R² values are better high, distances and errors low.
+
+    Args:
+      name: a metric name (a column of :func:`evaluate_populations`).
+    """
     return name.startswith(("r2_", "pearson_r2_"))
 
 
@@ -447,7 +503,14 @@ def l2_uvp(predicted: np.ndarray, true_mapped: np.ndarray) -> float:
 
 
 def top_de_features(truth: np.ndarray, control: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` features whose observed mean moves most from control (|Δ mean|)."""
+    """Indices of the ``k`` features whose observed mean moves most from control (|Δ mean|).
+
+    Args:
+      truth: ``[m, d]`` treated cells; control: ``[l, d]`` controls; k: how many.
+
+    Returns:
+      ``[k]`` feature indices, largest change first.
+    """
     delta = np.abs(np.asarray(truth).mean(0) - np.asarray(control).mean(0))
     return np.argsort(-delta, kind="stable")[:k]
 
@@ -460,6 +523,10 @@ def mean_delta_r2(
     .. math::
         R^2 = 1 - \frac{\sum_g (\hat\delta_g - \delta_g)^2}{\sum_g (\delta_g - \bar\delta)^2},
         \quad \delta_g = \bar y_g - \bar x^{ctrl}_g
+
+    Args:
+      pred: ``[n, d]``; truth: ``[m, d]``; control: ``[l, d]`` cells.
+      features: indices of the features to score (``None``: all).
     """
     sel = slice(None) if features is None else features
     true_delta = (truth.mean(0) - control.mean(0))[sel]
@@ -472,7 +539,12 @@ def mean_delta_r2(
 def mean_r2_pearson(
     pred: np.ndarray, truth: np.ndarray, features: np.ndarray | None = None
 ) -> float:
-    """Squared Pearson correlation of mean expression (the cmonge paper's "R²"), numpy."""
+    """Squared Pearson correlation of mean expression (the cmonge paper's "R²"), numpy.
+
+    Args:
+      pred: ``[n, d]``; truth: ``[m, d]`` cells.
+      features: indices of the features to score (``None``: all).
+    """
     sel = slice(None) if features is None else features
     a, b = pred.mean(0)[sel], truth.mean(0)[sel]
     if np.std(a) == 0 or np.std(b) == 0:
