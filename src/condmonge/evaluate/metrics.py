@@ -52,6 +52,8 @@ __all__ = [
 
 #: RBF precisions of the reference evaluation (cmonge), averaged by :func:`mmd_rbf`.
 MMD_GAMMAS = (2.0, 1.0, 0.5, 0.1, 0.01, 0.005)
+#: Optional weights ``[n]`` of a point cloud (``None``: uniform).
+Weights = jnp.ndarray | None
 #: Sizes of the top differentially expressed feature sets.
 DE_SIZES = (20, 50, 100)
 
@@ -273,13 +275,7 @@ def sinkhorn_divergence(
 
 
 def entropic_w2(
-    x: jnp.ndarray,
-    y: jnp.ndarray,
-    a: jnp.ndarray | None = None,
-    b: jnp.ndarray | None = None,
-    *,
-    epsilon: float = 0.1,
-    max_iterations: int = 1000,
+    x: jnp.ndarray, y: jnp.ndarray, a: Weights = None, b: Weights = None, **solve: float
 ) -> jnp.ndarray:
     r"""Entropic estimate of the 2-Wasserstein distance.
 
@@ -291,10 +287,10 @@ def entropic_w2(
     units, ``epsilon = 0.1`` is small next to typical costs and the plan is nearly unregularised.
 
     Args:
-      x, y, a, b, max_iterations: as :func:`sinkhorn_divergence`.
-      epsilon: absolute entropic regularisation (keyword only).
+      x, y, a, b: as :func:`sinkhorn_divergence`.
+      **solve: ``epsilon`` (absolute, default 0.1) and ``max_iterations`` (default 1000).
     """
-    cost = sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[1]
+    cost = sinkhorn_terms(x, y, a, b, **solve)[1]
     return jnp.sqrt(jnp.maximum(cost, 0.0))
 
 
