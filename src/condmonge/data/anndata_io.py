@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from condmonge.config import DataConfig
 from condmonge.errors import DataError, DataWarning, suggest
+from condmonge.files import replace_atomically
 
 __all__ = [
     "RAW_COUNT_MAX",
@@ -233,6 +234,4 @@ def align_features(adata: ad.AnnData, names: Sequence[str], use_rep: str | None)
 
 def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> Path:
     """Write ``adata`` to a temporary file beside ``path`` and rename it: never half-written."""
-    from condmonge.files import replace_atomically
-
     return replace_atomically(path, adata.write_h5ad, suffix=".h5ad")

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+from ott.neural.methods.monge_gap import MongeGapEstimator
+from ott.neural.networks.potentials import PotentialMLP
 
 from condmonge.conditions.spec import Condition, log_dose
 from condmonge.config import LossConfig
@@ -38,7 +40,9 @@ from condmonge.data.pca import Projection, fit_pca
 from condmonge.data.predictions import assemble_prediction, per_condition
 from condmonge.data.prepare import label_cells
 from condmonge.data.spec import ConditionSpec
-from condmonge.errors import NotFittedError, UnknownConditionError
+from condmonge.errors import ConfigError, NotFittedError, UnknownConditionError, suggest
+from condmonge.models.losses import monge_gap, sinkhorn_divergence
+from condmonge.ops import ridge_dual
 
 __all__ = [
     "Additive",
@@ -221,10 +225,8 @@ class Linear(MeanShift):
         phi = self.matrix
         y = np.stack([self.shifts[c.key()] for c in self.conditions])
         self.phi_mean, self.y_mean = phi.mean(0), y.mean(0)
-        a = phi - self.phi_mean
-        # Ridge in the dual when there are fewer conditions than features.
-        gram = a @ a.T + self.alpha * np.eye(len(a))
-        self.coef = a.T @ np.linalg.solve(gram, y - self.y_mean)
+        # Ridge in the dual: there are fewer conditions than features.
+        self.coef = ridge_dual(phi - self.phi_mean, y - self.y_mean, self.alpha)
 
     def transport(self, x, condition):  # noqa: D102
         shift = (self.features(condition) - self.phi_mean) @ self.coef + self.y_mean
@@ -261,11 +263,6 @@ class MongeGapPerCondition(Baseline):
         self.projection: Projection | None = None
 
     def _fit(self, x, cells, table):
-        from ott.neural.methods.monge_gap import MongeGapEstimator
-        from ott.neural.networks.potentials import PotentialMLP
-
-        from condmonge.models.losses import monge_gap, sinkhorn_divergence
-
         if self.n_pca is not None:
             self.projection = fit_pca(x, min(self.n_pca, *x.shape))
             x = self.projection.encode(x)
@@ -332,10 +329,13 @@ BASELINES = {
 
 
 def make_baseline(name: str, **options: Any) -> Baseline:
-    """Instantiate a baseline by name (see :data:`BASELINES`)."""
-    if name not in BASELINES:
-        from condmonge.errors import ConfigError, suggest
+    """Instantiate a baseline by name (see :data:`BASELINES`).
 
+    Args:
+      name: a key of :data:`BASELINES`.
+      **options: the baseline's constructor options.
+    """
+    if name not in BASELINES:
         raise ConfigError(
             f"unknown baseline '{name}'{suggest(name, BASELINES)}; choose from {sorted(BASELINES)}"
         )
