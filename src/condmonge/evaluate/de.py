@@ -5,7 +5,10 @@ controls, also for predictions), gene by gene, with ``method`` (Wilcoxon rank-su
 any ``rank_genes_groups`` method works), Benjamini-Hochberg FDR, and genes ranked by the absolute
 test statistic (``rankby_abs=True``, as GEARS and scPerturBench rank their top DE genes).
 The same call gives scanpy's log2 fold change
-:math:`\log_2\frac{e^{\mu}-1+10^{-9}}{e^{\mu_0}-1+10^{-9}}` (it assumes log1p data).
+:math:`\log_2\frac{e^{\mu}-1+10^{-9}}{e^{\mu_0}-1+10^{-9}}` (it assumes log1p data); where that
+is undefined or meaningless (a negative mean, e.g. z-scored or PCA features) the difference of
+means in log2 units, :math:`(\mu-\mu_0)/\ln 2`, takes its place, so that its sign is the
+direction of change.
 
 Results are cached by a fingerprint of the cells (both groups' bytes, the genes and the
 method), in memory and optionally in a directory, so that the truth's test runs once however
@@ -113,6 +116,7 @@ def rank_genes(
     res = adata.uns["rank_genes_groups"]
     out = {}
     gene_arr = np.asarray([str(g) for g in genes])
+    control_mean = np.asarray(control, np.float64).mean(0)
     for i, name in enumerate(names):
         g = f"g{i}"
         order = np.asarray([int(v[1:]) for v in res["names"][g]])
@@ -120,9 +124,11 @@ def rank_genes(
         score[order] = np.asarray(res["scores"][g], np.float64)
         lfc[order] = np.asarray(res["logfoldchanges"][g], np.float64)
         fdr[order] = np.asarray(res["pvals_adj"][g], np.float64)
-        out[name] = DETable(
-            gene_arr, np.nan_to_num(score), np.nan_to_num(lfc), np.nan_to_num(fdr, nan=1.0)
-        )
+        group_mean = np.asarray(groups[name], np.float64).mean(0)
+        # scanpy's expm1-based ratio is meaningless for negative means (not log1p data).
+        valid = np.isfinite(lfc) & (group_mean >= 0) & (control_mean >= 0)
+        lfc = np.where(valid, lfc, (group_mean - control_mean) / np.log(2.0))
+        out[name] = DETable(gene_arr, np.nan_to_num(score), lfc, np.nan_to_num(fdr, nan=1.0))
     return out
 
 

@@ -74,9 +74,7 @@ def log2_fold_change(
     return np.where(np.isfinite(out), out, 0.0)
 
 
-def cosine_logfc(
-    pred_mean: np.ndarray, true_mean: np.ndarray, control_mean: np.ndarray
-) -> float:
+def cosine_logfc(pred_mean: np.ndarray, true_mean: np.ndarray, control_mean: np.ndarray) -> float:
     """PerturBench's cosine similarity of log fold changes (prediction vs truth), all genes."""
     return cosine(
         log2_fold_change(pred_mean, control_mean), log2_fold_change(true_mean, control_mean)

@@ -25,12 +25,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from condmonge.config import DataConfig
 from condmonge.data.prepare import label_cells
-from condmonge.errors import ConfigError, DataError
+from condmonge.errors import ConfigError, DataError, UnknownConditionError
 from condmonge.evaluate import published as pub
+from condmonge.evaluate.baselines import make_baseline
 from condmonge.evaluate.de import DECache, DETable
 from condmonge.evaluate.metrics import evaluate_populations, metric_higher_is_better
 
-__all__ = ["Coverage", "PUBLISHED_DIRECTIONS", "TOP_DE", "higher_is_better", "score_predictions"]
+__all__ = [
+    "Coverage",
+    "DEFAULT_BASELINES",
+    "PUBLISHED_DIRECTIONS",
+    "TOP_DE",
+    "baseline_predictions",
+    "higher_is_better",
+    "metric_names",
+    "score_predictions",
+]
 
 #: Sizes of the top-DE gene sets of ``pearson_delta_de{k}``.
 TOP_DE = (20, 50, 100)
@@ -45,6 +55,15 @@ PUBLISHED_DIRECTIONS = {
     **{f"de_{m}_at_{n}": True for m in ("overlap", "precision") for n in ("N", 50, 100)},
     "de_direction_match": True,
 }
+
+
+#: Columns of a score table that are not metrics.
+ID_COLUMNS = ("method", "condition", "label", "cell_type", "n_pred", "n_true")
+
+
+def metric_names(table: pd.DataFrame) -> list[str]:
+    """The metric columns of a :func:`score_predictions` table, in table order."""
+    return [c for c in table.columns if c not in ID_COLUMNS]
 
 
 def higher_is_better(name: str) -> bool:
@@ -224,6 +243,8 @@ class _Run:
         self.cache, self.rng = cache, np.random.default_rng(seed)
         self.truth_cols = _gene_columns(truth.adata, genes)
         self.controls: dict = {}
+        # Top-20 DE genes' mean deltas per condition, for the scatter plots (small).
+        self.top_deltas: dict[str, dict] = {}
 
     def control(self, cell_type) -> tuple[np.ndarray, np.ndarray]:
         """Mean ``[g]`` and subsample ``[<=max_cells, g]`` of the truth's controls of a type."""
@@ -251,6 +272,10 @@ class _Run:
         c_mean, c_cells = self.control(cell_type)
         truth = {k: self.cells(self.truth, k, self.truth_cols) for k in keys}
         de_true = self.cache.rank({k: v[1] for k, v in truth.items()}, c_cells, self.genes)
+        for k in keys:
+            top = de_true[k].top(20)
+            self.top_deltas[k] = {"genes": [self.genes[i] for i in top],
+                                  "truth": (truth[k][0] - c_mean)[top].tolist()}  # fmt: skip
         rows, means = [], {}
         for name, side in sides.items():
             mine = [k for k in keys if k in side.rows]
@@ -258,6 +283,9 @@ class _Run:
             pred = {k: self.cells(side, k, cols) for k in mine}
             de_pred = self.cache.rank({k: v[1] for k, v in pred.items()}, c_cells, self.genes)
             means[name] = {k: (pred[k][0], truth[k][0], c_mean) for k in mine}
+            for k in mine:
+                top = de_true[k].top(20)
+                self.top_deltas[k][name] = (pred[k][0] - c_mean)[top].tolist()
             dist = None
             if distributions and mine:
                 dist = evaluate_populations(
@@ -354,6 +382,7 @@ def score_predictions(
         table = _add_cross_condition(table, means, by_type, truth_side, genes)
     table.attrs["coverage"] = {n: c.as_dict() for n, c in coverage.items()}
     table.attrs["n_genes"] = len(genes)
+    table.attrs["top_de_deltas"] = run.top_deltas
     return table
 
 
@@ -369,3 +398,41 @@ def _add_cross_condition(table, means, by_type, truth_side: _Side, genes) -> pd.
     pairs = zip(table["method"], table["condition"], strict=True)
     cross = pd.DataFrame([extra[pair] for pair in pairs])
     return pd.concat([table.reset_index(drop=True), cross], axis=1)
+
+
+#: Baselines that ``--baselines`` adds (cheap, no training loop).
+DEFAULT_BASELINES = ("identity", "mean_shift", "additive")
+
+
+def baseline_predictions(
+    train: ad.AnnData,
+    query: ad.AnnData,
+    cfg: DataConfig,
+    names: Sequence[str] = DEFAULT_BASELINES,
+) -> dict[str, ad.AnnData]:
+    """Fit baselines on ``train`` and predict the conditions of ``query`` from its controls.
+
+    A condition a baseline cannot place (e.g. an additive combination of an unseen
+    perturbation) is left out of that baseline's prediction, so it is reported as missing.
+    """
+    conditions = label_cells(query, cfg).conditions
+    out = {}
+    for name in names:
+        model = make_baseline(name).fit(
+            train, cfg.condition_key, cfg.control, dose_key=cfg.dose_key,
+            cell_type_key=cfg.cell_type_key, combination_sep=cfg.combination_sep,
+        )  # fmt: skip
+        try:
+            out[name] = model.predict(query, conditions)
+            continue
+        except UnknownConditionError:
+            pass
+        parts = []
+        for cond in conditions:
+            try:
+                parts.append(model.predict(query, [cond]))
+            except UnknownConditionError:
+                continue
+        if parts:
+            out[name] = ad.concat(parts, index_unique="-")
+    return out
