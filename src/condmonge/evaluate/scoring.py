@@ -21,6 +21,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from condmonge.config import DataConfig
@@ -110,6 +111,9 @@ class _Side:
                 )
         cells = label_cells(adata, cfg)
         self.adata = adata
+        self.x = adata.X
+        if self.x is None:
+            raise DataError(f"the {what} has no X; genes are scored from adata.X")
         self.conditions = {c.key(cfg.combination_sep): c for c in cells.conditions}
         order = np.argsort(cells.condition_of_cell, kind="stable")
         n = len(cells.conditions)
@@ -125,32 +129,44 @@ class _Side:
         }
 
 
-def _read(adata: ad.AnnData, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
-    """Dense float32 ``[len(rows), g]`` of ``X``; contiguous runs are read as slices (backed)."""
+def _read(x, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+    """Dense float32 ``[len(rows), g]`` of matrix ``x``; contiguous runs are read as slices.
+
+    ``x`` is ``adata.X`` taken once: on a backed AnnData each ``adata.X`` access reopens the
+    dataset, so it is not taken per read.
+    """
     rows = np.sort(rows)
     if rows.size == 0:
-        return np.zeros((0, adata.n_vars if cols is None else len(cols)), np.float32)
+        return np.zeros((0, x.shape[1] if cols is None else len(cols)), np.float32)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     parts = []
     for run in np.split(rows, breaks):
-        block = adata.X[int(run[0]) : int(run[-1]) + 1]
+        block = x[int(run[0]) : int(run[-1]) + 1]
         block = block.toarray() if sp.issparse(block) else np.asarray(block)
         parts.append(block if cols is None else block[:, cols])
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
 def _mean_and_sample(
-    adata: ad.AnnData, rows: np.ndarray, cols, max_cells: int, rng: np.random.Generator,
-    read_rows: int = 8192,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Mean over all ``rows`` (read in blocks) and a seeded subsample of ``max_cells`` of them."""
-    total = None
+    x, rows: np.ndarray, cols, max_cells: int, rng: np.random.Generator, read_rows: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over all ``rows`` and a seeded subsample of ``max_cells`` of them, in one pass.
+
+    Rows are read in blocks of ``read_rows`` (contiguous runs as slices) and the subsample is
+    taken from the blocks in memory, so a condition is read once.
+    """
+    rows = np.sort(rows)
+    keep = np.ones(len(rows), bool)
+    if len(rows) > max_cells:
+        keep[:] = False
+        keep[rng.choice(len(rows), max_cells, replace=False)] = True
+    total, sample = None, []
     for start in range(0, len(rows), read_rows):
-        block = _read(adata, rows[start : start + read_rows], cols)
+        block = _read(x, rows[start : start + read_rows], cols)
         s = block.sum(0, dtype=np.float64)
         total = s if total is None else total + s
-    keep = rows if len(rows) <= max_cells else np.sort(rng.choice(rows, max_cells, replace=False))
-    return total / len(rows), _read(adata, keep, cols)
+        sample.append(block[keep[start : start + read_rows]])
+    return total / len(rows), np.concatenate(sample)
 
 
 def _gene_columns(adata: ad.AnnData, genes: Sequence[str]) -> np.ndarray | None:
@@ -257,13 +273,13 @@ class _Run:
                     f"obs['{self.cfg.condition_key}']); mean deltas need them"
                 )
             self.controls[cell_type] = _mean_and_sample(
-                self.truth.adata, rows, self.truth_cols, self.max_cells, self.rng
+                self.truth.x, rows, self.truth_cols, self.max_cells, self.rng
             )
         return self.controls[cell_type]
 
     def cells(self, side: _Side, key: str, cols) -> tuple[np.ndarray, np.ndarray]:
         """Mean and subsample of one condition's cells on one side."""
-        return _mean_and_sample(side.adata, side.rows[key], cols, self.max_cells, self.rng)
+        return _mean_and_sample(side.x, side.rows[key], cols, self.max_cells, self.rng)
 
     def chunk(
         self, keys: list[str], cell_type, sides: Mapping[str, _Side], distributions: bool
@@ -308,7 +324,8 @@ class _Run:
 def _progress(enabled: bool, total: int):
 
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    return Progress(*columns, disable=not enabled, transient=False), total
+    console = Console(stderr=True)  # stdout stays for results (JSON lines, tables)
+    return Progress(*columns, console=console, disable=not enabled, transient=False), total
 
 
 def score_predictions(
