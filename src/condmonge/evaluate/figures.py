@@ -17,8 +17,14 @@ import pandas as pd  # noqa: E402
 
 from condmonge.evaluate.scoring import higher_is_better  # noqa: E402
 
-__all__ = ["LEADERBOARD_METRICS", "leaderboard", "leaderboard_markdown", "plot_leaderboard",
-           "plot_scatter"]  # fmt: skip
+__all__ = [
+    "LEADERBOARD_METRICS",
+    "common_conditions",
+    "leaderboard",
+    "leaderboard_markdown",
+    "plot_leaderboard",
+    "plot_scatter",
+]
 
 #: The metrics of published benchmarks shown by default, in the docs' order.
 LEADERBOARD_METRICS = (
@@ -37,9 +43,24 @@ LEADERBOARD_METRICS = (
 )
 
 
-def leaderboard(table: pd.DataFrame, metrics: Sequence[str] = LEADERBOARD_METRICS) -> pd.DataFrame:
-    """Mean over conditions of each metric, one row per method (NaN skipped)."""
+def common_conditions(table: pd.DataFrame) -> list[str]:
+    """Conditions scored for every method (a fair leaderboard compares on these only)."""
+    per_method = table.groupby("method", sort=False)["condition"].apply(set)
+    shared = set.intersection(*per_method) if len(per_method) else set()
+    return [c for c in dict.fromkeys(table["condition"]) if c in shared]
+
+
+def leaderboard(
+    table: pd.DataFrame, metrics: Sequence[str] = LEADERBOARD_METRICS, common: bool = True
+) -> pd.DataFrame:
+    """Mean over conditions of each metric, one row per method (NaN skipped).
+
+    With ``common`` (default) only the conditions every method predicted are averaged, so
+    that a method is not ranked on easier or fewer conditions than another.
+    """
     metrics = [m for m in metrics if m in table.columns]
+    if common:
+        table = table[table["condition"].isin(common_conditions(table))]
     return table.groupby("method", sort=False)[metrics].mean()
 
 
@@ -87,7 +108,8 @@ def plot_leaderboard(
     ax.set_yticks(range(board.shape[0]))
     ax.set_yticklabels(board.index)
     fig.colorbar(image, ax=ax, label="rank (1 = best)", shrink=0.8)
-    ax.set_title("mean over conditions; colour = rank among methods")
+    n = len(common_conditions(table))
+    ax.set_title(f"mean over the {n} conditions all methods predicted; colour = rank")
     return _save(fig, path)
 
 
