@@ -95,7 +95,9 @@ def plot_leaderboard(
     fig, ax = plt.subplots(
         figsize=(1.0 + 0.95 * board.shape[1], 1.2 + 0.5 * board.shape[0]), constrained_layout=True
     )
-    image = ax.imshow(ranks.to_numpy(float), cmap="RdYlGn_r", vmin=1, vmax=max(len(board), 2))
+    image = ax.imshow(
+        ranks.to_numpy(float), cmap="RdYlGn_r", vmin=1, vmax=max(len(board), 2), aspect="auto"
+    )
     for i in range(board.shape[0]):
         for j in range(board.shape[1]):
             v = board.iloc[i, j]
@@ -116,22 +118,25 @@ def plot_leaderboard(
 def plot_scatter(table: pd.DataFrame, path: str | Path, max_panels: int = 12) -> Path:
     """Predicted vs true mean delta of each condition's top-20 DE genes, one panel a condition.
 
-    Uses ``table.attrs['top_de_deltas']`` (kept by ``score_predictions``); conditions are
-    the first ``max_panels`` in the table's order.
+    Uses ``table.attrs['top_de_deltas']`` (kept by ``score_predictions``); the conditions that
+    every method predicted come first, up to ``max_panels``; one colour per method.
     """
     deltas = table.attrs.get("top_de_deltas", {})
-    keys = list(dict.fromkeys(table["condition"]))[:max_panels]
+    shared = common_conditions(table)
+    keys = shared + [c for c in dict.fromkeys(table["condition"]) if c not in shared]
+    keys = keys[:max_panels]
     methods = list(dict.fromkeys(table["method"]))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     cols = min(4, max(len(keys), 1))
     rows = max(1, -(-len(keys) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows + 0.4), squeeze=False,
                              constrained_layout=True)  # fmt: skip
     for ax, key in zip(axes.flat, keys, strict=False):
         entry = deltas.get(key, {})
         true = np.asarray(entry.get("truth", []))
         for m in methods:
             if m in entry:
-                ax.scatter(true, entry[m], s=10, alpha=0.7, label=m)
+                ax.scatter(true, entry[m], s=10, alpha=0.7, color=colours[m])
         if true.size:
             lim = [float(true.min()), float(true.max())]
             ax.plot(lim, lim, color="grey", lw=0.8)
@@ -140,8 +145,8 @@ def plot_scatter(table: pd.DataFrame, path: str | Path, max_panels: int = 12) ->
         ax.set_ylabel("predicted mean delta", fontsize=7)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
-    if keys:
-        axes.flat[0].legend(fontsize=6)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours[m]) for m in methods]
+    fig.legend(handles, methods, loc="outside upper center", ncols=min(len(methods), 6))
     return _save(fig, path)
 
 
