@@ -289,6 +289,12 @@ def _stored_data_config(predictions: dict) -> dict[str, Any]:
     return {}
 
 
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: undefined values (e.g. a correlation with no change) become null."""
+    value = float(value)
+    return value if value == value else None
+
+
 def _evaluate_record(table, predictions: dict[str, str], truth: Path) -> dict[str, Any]:
     """The JSON record: per method aggregate, per-condition values and coverage."""
     from condmonge.evaluate.scoring import metric_names
@@ -301,11 +307,12 @@ def _evaluate_record(table, predictions: dict[str, str], truth: Path) -> dict[st
             "n_conditions": len(rows),
             "coverage": table.attrs["coverage"][name],
             "aggregate": {
-                m: {"mean": float(rows[m].mean()), "sd": float(rows[m].std(ddof=0))}
+                m: {"mean": _finite_or_none(rows[m].mean()),
+                    "sd": _finite_or_none(rows[m].std(ddof=0))}
                 for m in metrics
-            },
+            },  # fmt: skip
             "per_condition": {
-                key: {m: (None if row[m] != row[m] else float(row[m])) for m in metrics}
+                key: {m: _finite_or_none(row[m]) for m in metrics}
                 for key, row in rows.iterrows()
             },
         }
