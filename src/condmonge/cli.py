@@ -331,6 +331,25 @@ def _echo_coverage(table) -> None:
             typer.echo(f"{name}: {cov['n_genes_missing']} truth gene(s) missing, scored without")
 
 
+def _score_files(paths, truth_path, given, train, backed, **options):
+    """Read predictions and truth, add baselines fitted on ``train``, score them all."""
+    from condmonge.config import DataConfig
+    from condmonge.evaluate.scoring import baseline_predictions, score_predictions
+
+    predictions = {name: _read_for_evaluate(p, backed) for name, p in paths.items()}
+    observed = _read_for_evaluate(truth_path, backed)
+    stored = _stored_data_config(predictions)
+    keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
+    cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
+    if train is not None:
+        query = observed.to_memory() if backed else observed
+        fitted = baseline_predictions(_read_for_evaluate(train, False), query, cfg)
+        predictions |= fitted
+        paths = paths | {name: f"baseline fitted on {train}" for name in fitted}
+    table = score_predictions(predictions, observed, cfg, progress=sys.stderr.isatty(), **options)
+    return table, paths, cfg
+
+
 @app.command()
 def evaluate(
     files: Annotated[
@@ -369,10 +388,8 @@ def evaluate(
     """Score any model's predictions against observed cells, side by side (docs/METRICS.md)."""
     import json
 
-    from condmonge.config import DataConfig
     from condmonge.evaluate.de import DECache
     from condmonge.evaluate.figures import leaderboard_markdown, plot_leaderboard, plot_scatter
-    from condmonge.evaluate.scoring import baseline_predictions, score_predictions
 
     try:
         if max_cells < 2:
@@ -382,21 +399,12 @@ def evaluate(
         paths, truth_path = _evaluate_inputs(files, pred or [])
         if not paths and not baselines:
             raise DataError("nothing to score: give PRED, --pred NAME=FILE or --baselines")
-        predictions = {name: _read_for_evaluate(p, backed) for name, p in paths.items()}
-        observed = _read_for_evaluate(truth_path, backed)
-        stored = _stored_data_config(predictions)
         given = {"condition_key": condition_key, "control": control, "dose_key": dose_key,
                  "cell_type_key": cell_type_key}  # fmt: skip
-        keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
-        cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
-        if baselines:
-            query = observed.to_memory() if backed else observed
-            fitted = baseline_predictions(_read_for_evaluate(train, False), query, cfg)
-            predictions |= fitted
-            paths |= {name: f"baseline fitted on {train}" for name in fitted}
-        table = score_predictions(
-            predictions, observed, cfg, max_cells=max_cells, distributions=distributions,
-            de_cache=DECache(de_method, de_cache), progress=sys.stderr.isatty(),
+        table, paths, _ = _score_files(
+            paths, truth_path, given, train if baselines else None, backed,
+            max_cells=max_cells, distributions=distributions,
+            de_cache=DECache(de_method, de_cache),
         )  # fmt: skip
     except CondMongeError as exc:
         _fail(str(exc))

@@ -379,9 +379,24 @@ def score_predictions(
     by_type: dict = {}
     for k in keys:
         by_type.setdefault(truth_side.conditions[k].cell_type, []).append(k)
+    rows, means = _score_chunks(run, by_type, sides, distributions, chunk_conditions, progress)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        table = pd.DataFrame(columns=["method", "condition"])
+    else:
+        table = _add_cross_condition(table, means, by_type, truth_side, genes)
+    table.attrs["coverage"] = {n: c.as_dict() for n, c in coverage.items()}
+    table.attrs["n_genes"] = len(genes)
+    table.attrs["top_de_deltas"] = run.top_deltas
+    return table
+
+
+def _score_chunks(run: _Run, by_type: dict, sides: Mapping[str, _Side], distributions: bool,
+                  chunk_conditions: int, progress: bool) -> tuple[list[dict], dict]:  # fmt: skip
+    """Rows of every method and condition, ``chunk_conditions`` conditions at a time."""
     rows: list[dict] = []
     means: dict[str, dict] = {n: {} for n in sides}
-    bar, total = _progress(progress, len(keys))
+    bar, total = _progress(progress, sum(len(v) for v in by_type.values()))
     with bar:
         task = bar.add_task("scoring", total=total)
         for cell_type, type_keys in by_type.items():
@@ -392,15 +407,7 @@ def score_predictions(
                 for n in sides:
                     means[n] |= new_means[n]
                 bar.advance(task, len(chunk))
-    table = pd.DataFrame(rows)
-    if table.empty:
-        table = pd.DataFrame(columns=["method", "condition"])
-    else:
-        table = _add_cross_condition(table, means, by_type, truth_side, genes)
-    table.attrs["coverage"] = {n: c.as_dict() for n, c in coverage.items()}
-    table.attrs["n_genes"] = len(genes)
-    table.attrs["top_de_deltas"] = run.top_deltas
-    return table
+    return rows, means
 
 
 def _add_cross_condition(table, means, by_type, truth_side: _Side, genes) -> pd.DataFrame:
