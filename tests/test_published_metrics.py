@@ -228,6 +228,8 @@ def test_cli_scores_three_predictions_side_by_side_with_baselines(tmp_path):
         (["--max-cells", "0"], "--max-cells"),
         (["--baselines"], "--train"),
         (["--pred", "nofile"], "NAME=FILE"),
+        (["--pred", "a=missing.h5ad"], "does not exist"),
+        (["--baselines", "--train", "t.h5ad", "--de-method", "wilcox"], "unknown DE method"),
     ],
 )
 def test_cli_bad_evaluate_inputs_are_one_line_errors(tmp_path, extra, message):

@@ -36,10 +36,23 @@ import pandas as pd
 import scanpy as sc
 from scipy.stats import norm
 
-__all__ = ["DECache", "DETable", "FDR_THRESHOLD", "benjamini_hochberg", "rank_genes", "wilcoxon"]
+from condmonge.errors import ConfigError, suggest
+
+__all__ = [
+    "DE_METHODS",
+    "DECache",
+    "DETable",
+    "FDR_THRESHOLD",
+    "benjamini_hochberg",
+    "rank_genes",
+    "wilcoxon",
+]
 
 #: Significance threshold on the Benjamini-Hochberg FDR (cell-eval's).
 FDR_THRESHOLD = 0.05
+#: Accepted ``method`` values (scanpy's ``rank_genes_groups`` methods; ``scanpy-wilcoxon`` runs
+#: scanpy's own Wilcoxon code instead of the vectorised one).
+DE_METHODS = ("wilcoxon", "scanpy-wilcoxon", "t-test", "t-test_overestim_var", "logreg")
 _CONTROL = "__control__"
 
 
@@ -212,6 +225,11 @@ class DECache:
     """
 
     def __init__(self, method: str = "wilcoxon", directory: str | Path | None = None) -> None:
+        if method not in DE_METHODS:
+            raise ConfigError(
+                f"unknown DE method '{method}'{suggest(method, DE_METHODS)}; choose from "
+                f"{', '.join(DE_METHODS)}"
+            )
         self.method = method
         self.directory = Path(directory) if directory is not None else None
         self.memory: dict[str, DETable] = {}
