@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-import condmonge as cm
+from condmonge.conditions.encoding import build_encoder
 from condmonge.data.prepare import label_cells
 from condmonge.errors import ConfigError
 from condmonge.evaluate.experiment import (
@@ -47,10 +47,10 @@ def test_callable_embedding_is_fitted_on_training_names_only():
         return table
 
     # What fit() does before training (the end-to-end path is the CLI test below).
-    model = cm.ConditionalMonge(tiny_config())
-    cells = label_cells(drug_adata(), model.config.data)
-    model.conditions = [c for c in cells.conditions if c.label() != "paracetamol"]
-    encoder = model._make_encoder(cells, {"condition": embedding})
+    spec = tiny_config().data.spec
+    cells = label_cells(drug_adata(), spec)
+    training = [c for c in cells.conditions if c.label() != "paracetamol"]
+    encoder = build_encoder(training, [], spec, {"condition": embedding})
     assert seen == [["aspirin", "caffeine", "ibuprofen"]]
     assert encoder.perturbation.encode(["paracetamol"]).shape == (1, 3)  # unseen: has a row
 

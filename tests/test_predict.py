@@ -105,4 +105,5 @@ def test_evaluate_scores_every_observed_condition(dosed):
     table = model.evaluate(data, max_cells=50)
     assert len(table) == len(model.conditions) == 6  # 3 labels x 2 doses
     assert set(table["method"]) == {"condmonge"}
-    assert np.isfinite(table["mean_delta_r2"]).all()
+    assert (table["n_true"] == 30).all() and (table["n_pred"] == 30).all()
+    assert np.isfinite(table["energy_distance"]).all() and (table["energy_distance"] >= 0).all()
