@@ -40,6 +40,18 @@ class DataConfig(_Strict):
         "predictions are returned in gene space",
     )
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
+    # What X measures: the raw-count / log checks apply to rna only; "auto" detects it
+    # (condmonge.data.anndata_io.detect_modality) and the fitted model stores the result.
+    modality: Literal["auto", "rna", "protein", "generic"] = "auto"
+    standardize: bool | None = Field(
+        default=None,
+        description="z-score every feature with the mean and sd of the training controls "
+        "before training (predictions are returned on the original scale); None: on for "
+        "protein data, off otherwise",
+    )
+    features: tuple[str, ...] = Field(
+        default=(), description="table inputs: feature columns (names or globs); () = numeric"
+    )
 
 
 class ModelConfig(_Strict):
