@@ -44,6 +44,7 @@ __all__ = [
     "cell_type_split",
     "combination_split",
     "condition_split",
+    "covariate_split",
     "dose_split",
     "kfold_split",
     "make_split",
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 SplitKind = Literal[
-    "random", "condition", "perturbation", "dose", "combination", "cell_type", "kfold"
+    "random", "condition", "perturbation", "dose", "combination", "cell_type", "kfold", "covariate"
 ]
 SPLIT_KINDS: tuple[str, ...] = (
     "random",
@@ -64,6 +65,7 @@ SPLIT_KINDS: tuple[str, ...] = (
     "combination",
     "cell_type",
     "kfold",
+    "covariate",
 )
 _SIDES = ["train", "test"]
 
@@ -605,6 +607,61 @@ def cell_type_split(
     return _finish(cells, test, control_test_fraction, seed)
 
 
+def covariate_split(
+    adata: ad.AnnData,
+    holdout: Sequence[Any] | None = None,
+    *,
+    covariate_key: str | None = None,
+    condition_key: str = "condition",
+    control: str = "control",
+    dose_key: str | None = None,
+    cell_type_key: str | None = None,
+    sep: str = "+",
+    control_test_fraction: float = 0.25,
+    seed: int = 0,
+) -> pd.Series:
+    """Covariate-out: treated cells at held-out values of a numeric covariate go to test.
+
+    E.g. a held-out time point: train on 6 h and 24 h, test on 48 h.
+
+    Args:
+      holdout: covariate values held out (``[48]``); ``None`` holds out the largest value
+        (extrapolation).
+      covariate_key: the numeric obs column (required).
+    """
+    if covariate_key is None:
+        raise DataError(
+            "a covariate split needs the covariate column: set covariate_key (--covariate-key)"
+        )
+    _require_column(adata, covariate_key, "covariate column, covariate_key")
+    values = adata.obs[covariate_key]
+    if not pd.api.types.is_numeric_dtype(values):
+        raise DataError(
+            f"adata.obs['{covariate_key}'] is a covariate and must be numeric; convert it "
+            f"(e.g. '24h' -> 24) with pd.to_numeric"
+        )
+    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
+    treated = values.to_numpy(np.float64)[~cells.is_control]
+    present = sorted(set(treated[np.isfinite(treated)].tolist()))
+    wanted = [max(present)] if not _as_list(holdout) and present else []
+    for item in _as_list(holdout):
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"held-out covariate value {item!r} is not a number") from None
+        if not any(math.isclose(value, p) for p in present):
+            raise UnknownConditionError(
+                f"value {value:g} does not occur in adata.obs['{covariate_key}'] for treated "
+                f"cells; values there: {', '.join(f'{p:g}' for p in present)}"
+            )
+        wanted.append(value)
+    column = values.to_numpy(np.float64)
+    test = np.zeros(len(column), bool)
+    for value in wanted:
+        test |= np.isclose(column, value)
+    return _finish(cells, test & ~cells.is_control, control_test_fraction, seed)
+
+
 def make_split(
     adata: ad.AnnData,
     kind: SplitKind | str,
@@ -621,6 +678,7 @@ def make_split(
     control_test_fraction: float = 0.25,
     seed: int = 0,
     key_added: str | None = "split",
+    covariate_key: str | None = None,
 ) -> pd.Series:
     """Split ``adata`` into train and test and write it into ``adata.obs[key_added]``.
 
@@ -628,7 +686,8 @@ def make_split(
       kind: ``"random"`` (:func:`random_split`), ``"condition"`` (:func:`condition_split`),
         ``"perturbation"`` (:func:`perturbation_split`), ``"dose"`` (:func:`dose_split`),
         ``"combination"`` (:func:`combination_split`), ``"cell_type"``
-        (:func:`cell_type_split`) or ``"kfold"`` (:func:`kfold_split`).
+        (:func:`cell_type_split`), ``"kfold"`` (:func:`kfold_split`) or ``"covariate"``
+        (:func:`covariate_split`: held-out values of ``covariate_key``, e.g. a time point).
       holdout: what to hold out (labels, perturbations, doses or cell types by ``kind``);
         ``None`` draws a random ``fraction`` (default 0.2). Not used by random and kfold.
       fraction: the random fraction (of cells for ``"random"``, else of the held-out units).
@@ -660,7 +719,7 @@ def make_split(
         )
     if kind in ("random", "kfold") and holdout is not None and _as_list(holdout):
         raise ConfigError(f"a '{kind}' split takes no holdout; drop it (or use another kind)")
-    if kind in ("dose", "kfold") and fraction is not None:
+    if kind in ("dose", "kfold", "covariate") and fraction is not None:
         raise ConfigError(f"a '{kind}' split takes no fraction; drop it")
     frac = {} if fraction is None else {"fraction": fraction}
     if kind == "random":
@@ -669,6 +728,8 @@ def make_split(
         split = kfold_split(adata, n_folds=n_folds, fold=fold, **common)
     elif kind == "dose":
         split = dose_split(adata, holdout, **common)
+    elif kind == "covariate":
+        split = covariate_split(adata, holdout, covariate_key=covariate_key, **common)
     else:
         function = {
             "condition": condition_split,
@@ -690,6 +751,8 @@ def make_split(
             record["fraction"] = float(fraction)
         if kind == "kfold":
             record.update(n_folds=int(n_folds), fold=int(fold))
+        if kind == "covariate":
+            record["covariate_key"] = covariate_key
         if holdout is not None and (isinstance(holdout, Mapping) or _as_list(holdout)):
             items = (
                 [f"{k}={v}" for k, vs in holdout.items() for v in _as_list(vs)]

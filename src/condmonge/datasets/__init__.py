@@ -6,6 +6,7 @@ from importlib import resources
 
 import anndata as ad
 
+from condmonge.datasets.fouri_like import FouriLikeTask, fouri_like, fouri_smiles
 from condmonge.datasets.sciplex_like import SciplexLikeTask, sciplex_like
 from condmonge.datasets.synthetic import (
     AffineTask,
@@ -18,8 +19,11 @@ from condmonge.datasets.synthetic import (
 __all__ = [
     "AffineTask",
     "ConvexTask",
+    "FouriLikeTask",
     "SciplexLikeTask",
     "convex_task",
+    "fouri_like",
+    "fouri_smiles",
     "l2_uvp",
     "norman_mcfaline",
     "sciplex_like",

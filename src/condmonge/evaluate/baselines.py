@@ -16,7 +16,7 @@ treated cells. With :math:`\bar y_c - \bar x_{ct}` the observed mean shift of tr
 Condition features :math:`\phi(c)` are built from an embedding table when one is given (z-scored
 with the training perturbations' statistics) or a one-hot over training perturbations:
 :math:`\phi(c) = [\sum_p e_p,\ \sum_p e_p \log_{10}(1+d_p),\ \overline{\log_{10}(1+d)},\
-\mathrm{onehot}(\text{cell type})]`.
+\mathrm{onehot}(\text{cell type}),\ \text{covariates}]`.
 """
 
 from __future__ import annotations
@@ -72,13 +72,19 @@ class Baseline:
         use_rep: str | None = None,
         embeddings: Mapping[str, pd.DataFrame] | None = None,
         combination_sep: str = "+",
+        covariate_keys: Sequence[str] = (),
     ) -> Baseline:
-        """Learn from the treated and control cells of ``adata`` (the training cells)."""
+        """Learn from the treated and control cells of ``adata`` (the training cells).
+
+        Numeric ``covariate_keys`` (e.g. time) make each value its own condition and enter
+        the condition features, so unseen values take the nearest / regressed shift.
+        """
         self.data = DataConfig(
             condition_key=condition_key,
             control=control,
             dose_key=dose_key,
             cell_type_key=cell_type_key,
+            covariate_keys=tuple(covariate_keys),
             use_rep=use_rep,
             combination_sep=combination_sep,
         )
@@ -155,6 +161,7 @@ class _ConditionFeatures:
                 np.sum([v * d for v, d in zip(vectors, doses, strict=True)], 0),
                 [doses.mean()],
                 ct,
+                np.asarray(c.covariates, np.float64),
             ]
         )
 
