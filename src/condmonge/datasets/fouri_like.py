@@ -121,8 +121,8 @@ def _control_parameters(rng: np.random.Generator) -> dict[str, np.ndarray]:
     cycling = np.isin(np.asarray(FEATURES), _CYCLING)
     return {
         "block": rng.permutation(np.repeat(np.arange(6), 8)),
-        "loading": rng.uniform(0.5, 1.2, d) * rng.choice([-1.0, 1.0], d),
-        "spread": rng.uniform(0.4, 0.9, d),
+        "loading": rng.uniform(1.0, 1.8, d) * rng.choice([-1.0, 1.0], d),
+        "spread": rng.uniform(0.3, 0.6, d),
         "shift": np.where(cycling, rng.uniform(2.5, 3.5, d), 0.0),
         "offset": rng.normal(scale=0.3, size=d),
         "scale": np.exp(rng.uniform(np.log(0.4), np.log(4.0), d)),
