@@ -20,10 +20,13 @@ from condmonge.conditions.encoding import ConditionEncoder, EncodedConditions
 from condmonge.conditions.spec import Condition
 from condmonge.config import Config, config_from_dict
 from condmonge.data.anndata_io import (
+    Standardizer,
     align_features,
     check_expression,
+    detect_modality,
     feature_matrix,
     feature_names,
+    fit_standardizer,
     require_unique_names,
     validate_adata,
 )
@@ -31,6 +34,7 @@ from condmonge.data.backed import fit_backed_projection, obs_only
 from condmonge.data.pca import Projection, fit_pca
 from condmonge.data.predictions import assemble_prediction, control_rows
 from condmonge.data.prepare import build_pools, label_cells, make_condition, select_conditions
+from condmonge.data.tables import as_anndata
 from condmonge.errors import (
     CheckpointError,
     DataError,
@@ -88,6 +92,7 @@ class ConditionalMonge:
         self.conditions: list[Condition] = []
         self.holdout: list[str] = []
         self.projection: Projection | None = None
+        self.standardizer: Standardizer | None = None
         self.params: Any = None
         self.constants: Any = None
         self.state: TrainState | None = None
@@ -123,6 +128,7 @@ class ConditionalMonge:
             dose_gate=(
                 m.dose_gate if m.dose_gate is not None else self.config.data.dose_key is not None
             ),
+            covariate_neutral=self.encoder.neutral_features() if self.encoder else (),
             dtype=jnp.bfloat16 if self.config.train.precision == "bfloat16" else jnp.float32,
         )
 
@@ -179,6 +185,14 @@ class ConditionalMonge:
             if value is not None:
                 overrides[key] = value
         self.config = self.config.updated(overrides)
+        d = self.config.data
+        adata = as_anndata(
+            adata,
+            [d.condition_key, d.dose_key, d.cell_type_key, *d.covariate_keys],
+            required=[d.condition_key],
+            features=d.features or None,
+        )
+        self.config = self.config.updated({"data.modality": detect_modality(adata, d)})
         cfg = self.config
         backed = adata.isbacked
         if backed and (cfg.data.n_pca is None or cfg.data.use_rep is not None):
@@ -214,11 +228,16 @@ class ConditionalMonge:
             )
         # PCA fitted on controls and training conditions only: held-out cells stay unseen.
         in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)
-        self.projection = None
+        self.projection, self.standardizer = None, None
         if backed:  # X stays on disk: two streaming passes (see condmonge.data.backed)
             self.projection, features = fit_backed_projection(adata, cfg.data.n_pca, in_training)
         else:
             features = feature_matrix(adata, cfg.data.use_rep)
+            standardize = cfg.data.standardize
+            if standardize or (standardize is None and cfg.data.modality == "protein"):
+                # Fitted on training controls: no treated (nor held-out) cell moves the scale.
+                self.standardizer = fit_standardizer(features, cells.is_control)
+                features = self.standardizer.encode(features)
             if cfg.data.n_pca is not None:
                 self.projection = fit_pca(features[in_training], cfg.data.n_pca)
                 features = self.projection.encode(features)
@@ -320,7 +339,14 @@ class ConditionalMonge:
                 else OneHotEncoder(types, "cell type")
             )
         max_set = max(len(c.perturbations) for c in self.conditions)
-        return ConditionEncoder(pert_encoder, cell_encoder, len(d.covariate_keys), max_set)
+        return ConditionEncoder(
+            pert_encoder,
+            cell_encoder,
+            len(d.covariate_keys),
+            max_set,
+            [d.covariate_transforms.get(k, "linear") for k in d.covariate_keys],
+            [d.covariate_neutral.get(k) for k in d.covariate_keys],
+        ).fit_covariates(self.conditions)
 
     def _init_state(self, module, optimizer, encoded: EncodedConditions, features) -> TrainState:
         rng = jax.random.PRNGKey(self.config.train.seed)
@@ -433,6 +459,11 @@ class ConditionalMonge:
             raise UnknownConditionError(
                 f"'{label}' is the control label; the map of the control is the identity"
             )
+        if d.covariate_keys:
+            raise UnknownConditionError(
+                f"the model conditions on the covariate(s) {', '.join(d.covariate_keys)}; give "
+                f"the conditions as a query table with a column for each (--query)"
+            )
         return make_condition(label, dose, cell_type, (), d.combination_sep)
 
     def _row_condition(self, row: pd.Series, index) -> Condition:
@@ -447,7 +478,21 @@ class ConditionalMonge:
             if d.cell_type_key not in row:
                 raise DataError(f"the query table has no column '{d.cell_type_key}'")
             cell_type = str(row[d.cell_type_key])
-        covariates = tuple(float(row[k]) for k in d.covariate_keys)
+        missing = [k for k in d.covariate_keys if k not in row]
+        if missing:
+            raise DataError(
+                f"the query table has no column '{missing[0]}', a covariate of the model; add "
+                f"it (one value per row, e.g. {missing[0]}=48)"
+            )
+        covariates = []
+        for key in d.covariate_keys:
+            try:
+                covariates.append(float(row[key]))
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"the query table's covariate '{key}' is not a number at row {index} "
+                    f"('{row[key]}'); give numbers (e.g. 48 for 48 h)"
+                ) from None
         dose = row[d.dose_key] if d.dose_key and d.dose_key in row else None
         if d.dose_key and dose is None:
             raise DataError(f"the query table has no column '{d.dose_key}'")
@@ -455,7 +500,7 @@ class ConditionalMonge:
             str(row[d.condition_key]),
             1.0 if dose is None else dose,
             cell_type,
-            covariates,
+            tuple(covariates),
             d.combination_sep,
             where=f"query row {index}",
         )
@@ -467,10 +512,14 @@ class ConditionalMonge:
         is added to each cell in gene space.
         """
         self._check_fitted()
+        if self.standardizer is not None:  # the map acts on z-scored features
+            x = self.standardizer.encode(x)
         if self.projection is None:
-            return self._map(x, condition)
-        z = self.projection.encode(x)
-        return self.projection.decode_displacement(x, z, self._map(z, condition))
+            y = self._map(x, condition)
+        else:
+            z = self.projection.encode(x)
+            y = self.projection.decode_displacement(x, z, self._map(z, condition))
+        return y if self.standardizer is None else self.standardizer.decode(y)
 
     def _map(self, x: np.ndarray, condition: Condition) -> np.ndarray:
         """Apply the network to ``x [n, p]`` in its own (possibly latent) space, in chunks."""
@@ -521,10 +570,15 @@ class ConditionalMonge:
         """
         self._check_fitted()
         d = self.config.data
+        adata = as_anndata(
+            adata,
+            [d.condition_key, d.dose_key, d.cell_type_key, *d.covariate_keys],
+            features=None if d.use_rep else self.feature_names,
+        )
         x = align_features(adata, self.feature_names, d.use_rep)
         if not np.isfinite(x).all():
             raise DataError("the query's features contain NaN or inf; remove those cells")
-        if d.use_rep is None:
+        if d.use_rep is None and d.modality in ("rna", "auto"):
             check_expression(x, "the query's adata.X")
         require_unique_names(
             adata.obs_names, "the query's adata.obs_names", "obs_names_make_unique"
@@ -567,6 +621,9 @@ class ConditionalMonge:
         if self.projection is not None:
             arrays["projection/mean"] = self.projection.mean
             arrays["projection/components"] = self.projection.components
+        if self.standardizer is not None:
+            arrays["standardize/mean"] = self.standardizer.mean
+            arrays["standardize/scale"] = self.standardizer.scale
         meta: dict[str, Any] = {
             "config": self.config.model_dump(mode="json"),
             "feature_names": self.feature_names,
@@ -605,6 +662,10 @@ class ConditionalMonge:
             if "projection/components" in arrays:
                 model.projection = Projection(
                     arrays["projection/mean"], arrays["projection/components"]
+                )
+            if "standardize/mean" in arrays:
+                model.standardizer = Standardizer(
+                    arrays["standardize/mean"], arrays["standardize/scale"]
                 )
             params = ckpt.unflatten_tree(arrays, "params")
             constants = ckpt.unflatten_tree(arrays, "constants")

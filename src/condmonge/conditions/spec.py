@@ -7,7 +7,17 @@ from dataclasses import dataclass
 
 from condmonge.errors import UnknownConditionError
 
-__all__ = ["Condition", "log_dose", "parse_doses", "parse_perturbations"]
+__all__ = [
+    "COVARIATE_TRANSFORMS",
+    "Condition",
+    "log_dose",
+    "parse_doses",
+    "parse_perturbations",
+    "transform_covariate",
+]
+
+#: How a numeric covariate (e.g. time) can enter the condition.
+COVARIATE_TRANSFORMS = ("linear", "log1p")
 
 
 @dataclass(frozen=True, order=True)
@@ -90,3 +100,26 @@ def parse_doses(value: object, n_perturbations: int, sep: str = "+") -> tuple[fl
 def log_dose(dose: float) -> float:
     r"""Dose feature :math:`\log_{10}(1 + \text{dose})`: 0 at dose 0, smooth and monotone."""
     return math.log10(1.0 + float(dose))
+
+
+def transform_covariate(value: float, transform: str = "linear", key: str = "covariate") -> float:
+    r"""The covariate feature: ``value`` (``linear``) or :math:`\log(1 + \text{value})` (``log1p``).
+
+    Raises :class:`UnknownConditionError` for a non-finite value, or one <= -1 under ``log1p``.
+    """
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UnknownConditionError(
+            f"covariate '{key}' value {value!r} is not a number; give numbers (e.g. 24 for 24 h)"
+        ) from None
+    if not math.isfinite(value):
+        raise UnknownConditionError(f"covariate '{key}' value {value!r} must be finite")
+    if transform == "log1p":
+        if value <= -1:
+            raise UnknownConditionError(
+                f"covariate '{key}' value {value:g} is <= -1, outside the log1p transform; use "
+                "the linear transform or shift the values"
+            )
+        return math.log1p(value)
+    return value

@@ -87,7 +87,10 @@ def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool 
     for key in cfg.covariate_keys:
         _require_obs(adata, key, "covariate_keys")
         if not pd.api.types.is_numeric_dtype(adata.obs[key]):
-            raise DataError(f"adata.obs['{key}'] is a covariate and must be numeric")
+            raise DataError(
+                f"adata.obs['{key}'] is a covariate and must be numeric (e.g. 24, not '24h'); "
+                f"convert it with pd.to_numeric or drop '{key}' from covariate_keys"
+            )
     labels = adata.obs[cfg.condition_key]
     if labels.isna().any():
         raise DataError(
