@@ -79,6 +79,7 @@ def test_encoder_z_scores_transformed_covariates_and_round_trips():
     assert back.neutral_features() == enc.neutral_features()
 
 
+@pytest.mark.slow
 def test_the_map_is_the_identity_at_the_neutral_value():
     enc = ConditionEncoder(OneHotEncoder(["a"], "perturbation"), None, 1, 1, ["log1p"], [0.0])
     enc.fit_covariates([Condition(("a",), (1.0,), None, (t,)) for t in (6.0, 24.0)])
@@ -128,10 +129,10 @@ def test_non_numeric_covariate_is_an_error_with_the_fix(course):
 
 @pytest.fixture(scope="module")
 def fitted(course):
-    train = course.adata[(course.adata.obs["time"] < 48).to_numpy()].copy()
+    frame = course.to_frame()  # the Python API takes a one-row-per-cell DataFrame too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ConditionalMonge(_config(steps=5)).fit(train)
+        return ConditionalMonge(_config(steps=5)).fit(frame[frame["time"] < 48])
 
 
 def test_query_must_carry_every_covariate(course, fitted):
@@ -143,7 +144,12 @@ def test_query_must_carry_every_covariate(course, fitted):
         fitted.predict(controls, pd.DataFrame({"drug": [drug], "time": ["late"]}))
     with pytest.raises(UnknownConditionError, match="conditions on the covariate"):
         fitted.predict(controls, [drug])
-    pred = fitted.predict(controls, pd.DataFrame({"drug": [drug, drug], "time": [0.0, 36.0]}))
+    assert fitted.feature_names == list(course.adata.var_names)  # 'time' is a key, not a feature
+    frame = course.to_frame()
+    frame = frame[frame["drug"] == "control"]
+    query = pd.DataFrame({"drug": [drug, drug], "time": [0.0, 36.0]})
+    np.testing.assert_array_equal(fitted.predict(frame, query).X, fitted.predict(controls, query).X)
+    pred = fitted.predict(controls, query)
     assert sorted(pred.obs["time"].unique()) == [0.0, 36.0]  # 36 h: unseen, interpolated
     at_zero = pred[(pred.obs["time"] == 0.0).to_numpy()].X
     np.testing.assert_allclose(at_zero, controls.X, atol=1e-5)  # neutral value: identity

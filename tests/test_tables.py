@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import warnings
 
 import anndata as ad
@@ -18,6 +21,7 @@ from condmonge.data.anndata_io import (
     validate_adata,
 )
 from condmonge.data.tables import read_cells, table_to_anndata, write_cells
+from condmonge.datasets import fouri_like
 from condmonge.errors import CondMongeError, DataError, DataWarning
 
 
@@ -191,3 +195,44 @@ def test_standardizer_fits_on_the_given_rows_and_inverts():
     assert z[250:, 0].mean() > 50  # treated cells keep their shift in control units
     np.testing.assert_allclose(std.decode(z), x, rtol=1e-4, atol=1e-3)
     assert fit_standardizer(np.ones((5, 2)), np.arange(5)).scale.tolist() == [1.0, 1.0]
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "condmonge.cli", *map(str, args)], capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_cli_train_predict_evaluate_on_a_protein_table(tmp_path, suffix):
+    task = fouri_like(n_drugs=3, n_cells=60, n_controls=150, seed=0)
+    cells = tmp_path / f"cells{suffix}"
+    frame = task.to_frame()
+    frame.to_csv(cells, index=False) if suffix == ".csv" else frame.to_parquet(cells)
+    query = tmp_path / "query.csv"
+    pd.DataFrame({"drug": task.drugs[:2], "time": [48.0, 6.0]}).to_csv(query, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "model: {hidden_dim: 16, n_layers: 2, condition_dim: 8, perturbation_hidden_dim: 8}\n"
+        "train: {steps: 3, cells_per_condition: 32, conditions_per_step: 4, progress: false}\n"
+    )
+    run, pred, metrics = tmp_path / "run", tmp_path / f"pred{suffix}", tmp_path / "m.json"
+    done = _cli("train", cells, "--out", run, "--config", config, "--condition-key", "drug",
+                "--control", "control", "--covariate-key", "time:log1p:0")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "log-normalised" not in done.stderr and "raw counts" not in done.stderr  # no RNA warning
+    done = _cli("predict", run, cells, "--query", query, "--out", pred)
+    assert done.returncode == 0, done.stderr
+    back = read_cells(pred, ["drug", "time"])
+    assert back.n_vars == 48 and sorted(back.obs["time"].unique()) == [6.0, 48.0]
+    done = _cli("evaluate", pred, cells, "--out", metrics, "--condition-key", "drug",
+                "--covariate-key", "time")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads(metrics.read_text())
+    assert record["n_conditions"] == 2 and "energy_distance" in record["aggregate"]
+    missing = tmp_path / "bad.csv"
+    pd.DataFrame({"drug": [task.drugs[0]]}).to_csv(missing, index=False)
+    done = _cli("predict", run, cells, "--query", missing, "--out", tmp_path / "p.csv")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: the query table has no column 'time', a covariate")

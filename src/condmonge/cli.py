@@ -57,18 +57,49 @@ def _embeddings(items: list[str], control: str | None = None) -> dict[str, Any]:
     return tables
 
 
+def _covariates(items: list[str]) -> dict[str, Any]:
+    """``--covariate-key KEY[:TRANSFORM[:NEUTRAL]]`` (repeatable) -> data config overrides."""
+    from condmonge.conditions.spec import parse_covariate
+
+    parsed = [parse_covariate(item) for item in items]
+    if not parsed:
+        return {}
+    return {
+        "data.covariate_keys": tuple(k for k, _, _ in parsed),
+        "data.covariate_transforms": {k: t for k, t, _ in parsed if t is not None},
+        "data.covariate_neutral": {k: n for k, _, n in parsed if n is not None},
+    }
+
+
+_COVARIATE_HELP = (
+    "Numeric obs column (e.g. time) as a condition, KEY[:TRANSFORM[:NEUTRAL]]: TRANSFORM linear "
+    "(default) or log1p, NEUTRAL the value where the map is the identity (time:log1p:0). "
+    "Repeatable."
+)
+_DATA_HELP = "Cells: .h5ad, .zarr, or a .csv/.tsv/.parquet table (one row per cell)."
+
+
 def _smiles_table(spec: Any, control: str | None, fit_names: list[str]) -> Any:
     return spec.load(fit_names=fit_names, control=control)
 
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Training data (.h5ad).")],
+    data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoint, config).")],
     condition_key: Annotated[str | None, typer.Option(help="obs column of conditions.")] = None,
     control: Annotated[str | None, typer.Option(help="Label of control cells.")] = None,
     dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    covariate_key: Annotated[list[str] | None, typer.Option(help=_COVARIATE_HELP)] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Table feature columns: names or globs, comma-separated (pERK_*,area)."),
+    ] = None,
+    modality: Annotated[
+        str | None,
+        typer.Option(help="rna | protein | generic (default: detected; protein is z-scored)."),
+    ] = None,
     embedding: Annotated[
         list[str] | None,
         typer.Option(
@@ -89,7 +120,7 @@ def train(
 ) -> None:
     """Train a conditional Monge-gap map and write a checkpoint to --out."""
     from condmonge.config import Config, load_config
-    from condmonge.data.anndata_io import read_h5ad
+    from condmonge.data.tables import read_cells
     from condmonge.errors import TrainingInterrupted
     from condmonge.model import ConditionalMonge
 
@@ -104,8 +135,20 @@ def train(
             raise DataError("give --condition-key (the obs column naming each cell's condition)")
         if control is None and config is None:
             raise DataError("give --control (the label of control cells)")
+        overrides = _covariates(covariate_key or [])
+        if features is not None:
+            overrides["data.features"] = tuple(v for v in _split(features))
+        if modality is not None:
+            overrides["data.modality"] = modality
+        cfg = cfg.updated(overrides)
         tables = _embeddings(embedding or [], control if control is not None else cfg.data.control)
-        adata = read_h5ad(data)
+        d = cfg.data
+        adata = read_cells(
+            data,
+            [condition_key, dose_key, cell_type_key, *d.covariate_keys],
+            required=[condition_key or d.condition_key, dose_key, cell_type_key, *d.covariate_keys],
+            features=d.features or None,
+        )
         model = ConditionalMonge(cfg).fit(
             adata,
             condition_key,
@@ -136,37 +179,36 @@ def train(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `train`.")],
-    data: Annotated[Path, typer.Argument(help="Data holding control cells (.h5ad).")],
-    out: Annotated[Path, typer.Option("--out", help="Predictions (.h5ad).")],
+    data: Annotated[Path, typer.Argument(help="Control cells: " + _DATA_HELP)],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Predictions, in the format of the suffix (.h5ad, .csv, ...)."),
+    ],
     conditions: Annotated[str | None, typer.Option(help="Conditions: C1,C2+C3.")] = None,
     query: Annotated[
         Path | None,
         typer.Option(
-            help="CSV with condition/dose/cell-type columns, one predicted block per row."
+            help="Table (.csv/.tsv/.parquet) with condition/dose/cell-type/covariate columns, one "
+            "predicted block per row."
         ),
     ] = None,
     dose: Annotated[str | None, typer.Option(help="Dose of the --conditions.")] = None,
     cell_type: Annotated[str | None, typer.Option(help="Cell type of the --conditions.")] = None,
 ) -> None:
     """Push the control cells of DATA through the trained map; write predictions as AnnData."""
-    import pandas as pd
-
-    from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
+    from condmonge.data.tables import read_cells, read_query, write_cells
     from condmonge.model import ConditionalMonge
 
     try:
         if conditions and query:
             raise DataError("give either --conditions or --query, not both")
         model = ConditionalMonge.load(run_dir)
-        adata = read_h5ad(data)
-        if query is not None:
-            if not query.is_file():
-                raise DataError(f"query file '{query}' does not exist")
-            wanted: Any = pd.read_csv(query)
-        else:
-            wanted = _split(conditions) or None
+        d = model.config.data
+        keys = [d.condition_key, d.dose_key, d.cell_type_key, *d.covariate_keys]
+        adata = read_cells(data, keys, features=None if d.use_rep else model.feature_names)
+        wanted: Any = read_query(query) if query is not None else (_split(conditions) or None)
         pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type)
-        write_h5ad_atomic(pred, out)
+        write_cells(pred, out)
         n_blocks = pred.obs["condition_id"].nunique()
         typer.echo(f"wrote {pred.n_obs} predicted cells in {n_blocks} conditions to {out}")
     except CondMongeError as exc:
@@ -175,18 +217,27 @@ def predict(
 
 @app.command()
 def split(
-    data: Annotated[Path, typer.Argument(help="Data to split (.h5ad).")],
-    out: Annotated[Path, typer.Option("--out", help="The data with the split column (.h5ad).")],
+    data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[
+        Path, typer.Option("--out", help="The data with the split column (format of the suffix).")
+    ],
     kind: Annotated[
         str,
         typer.Option(
-            help="random | condition | perturbation | dose | combination | cell_type | kfold."
+            help="random | condition | perturbation | dose | combination | cell_type | kfold | "
+            "covariate (held-out values of --covariate-key, e.g. a time point)."
         ),
     ] = "random",
     condition_key: Annotated[str, typer.Option(help="obs column of conditions.")] = "condition",
     control: Annotated[str, typer.Option(help="Label of control cells.")] = "control",
     dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    covariate_key: Annotated[
+        str | None, typer.Option(help="Numeric obs column held out by --kind covariate.")
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="Table feature columns: names or globs, comma-separated.")
+    ] = None,
     holdout: Annotated[
         list[str] | None,
         typer.Option(
@@ -206,11 +257,16 @@ def split(
     key_added: Annotated[str, typer.Option(help="obs column to write.")] = "split",
 ) -> None:
     """Add a train/test split column to DATA's obs and write it to --out."""
-    from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
     from condmonge.data.splits import make_split, split_summary
+    from condmonge.data.tables import read_cells, write_cells
 
     try:
-        adata = read_h5ad(data)
+        adata = read_cells(
+            data,
+            [condition_key, dose_key, cell_type_key, covariate_key],
+            required=[condition_key, dose_key, cell_type_key, covariate_key],
+            features=features,
+        )
         make_split(
             adata,
             kind,
@@ -225,9 +281,10 @@ def split(
             control_test_fraction=control_test_fraction,
             seed=seed,
             key_added=key_added,
+            covariate_key=covariate_key,
         )
         summary = split_summary(adata, key_added)
-        write_h5ad_atomic(adata, out)
+        write_cells(adata, out)
     except CondMongeError as exc:
         _fail(str(exc))
     for side, row in summary.iterrows():
@@ -246,7 +303,9 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 @app.command()
 def evaluate(
-    prediction: Annotated[Path, typer.Argument(help="Predicted cells (.h5ad from `predict`).")],
+    prediction: Annotated[
+        Path, typer.Argument(help="Predicted cells (from `predict`: .h5ad, .zarr or a table).")
+    ],
     truth: Annotated[
         Path, typer.Argument(help="Observed treated cells of the same conditions + controls.")
     ],
@@ -257,6 +316,10 @@ def evaluate(
     control: Annotated[str | None, typer.Option(help="Label of control cells.")] = None,
     dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    covariate_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Numeric covariate columns (default: the model's). Repeatable."),
+    ] = None,
     max_cells: Annotated[int, typer.Option(help="Subsample populations to this size.")] = 500,
     csv: Annotated[Path | None, typer.Option(help="Also write the per-condition table.")] = None,
 ) -> None:
@@ -264,13 +327,15 @@ def evaluate(
     import json
 
     from condmonge.config import DataConfig
-    from condmonge.data.anndata_io import read_h5ad
+    from condmonge.data.tables import RESERVED_OBS, read_cells
     from condmonge.evaluate.evaluation import evaluate_prediction
     from condmonge.evaluate.report import HEADLINE_METRICS, metric_columns, to_markdown
 
     try:
-        pred = read_h5ad(prediction)
-        observed = read_h5ad(truth)
+        pred = read_cells(
+            prediction,
+            [condition_key, dose_key, cell_type_key, *(covariate_key or []), *RESERVED_OBS],
+        )
         # Column names default to those the model was trained with (stored in predictions).
         stored: dict[str, Any] = {}
         meta = pred.uns.get("condmonge", {})
@@ -281,10 +346,16 @@ def evaluate(
             "control": control,
             "dose_key": dose_key,
             "cell_type_key": cell_type_key,
+            "covariate_keys": tuple(covariate_key) if covariate_key else None,
         }
         keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
         cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
-        for key in (cfg.condition_key, cfg.dose_key, cfg.cell_type_key):
+        obs_keys = [cfg.condition_key, cfg.dose_key, cfg.cell_type_key, *cfg.covariate_keys]
+        # A table prediction read before the keys were known: its key columns are not features.
+        names = [str(v) for v in pred.var_names if v not in obs_keys]
+        pred = pred[:, names]
+        observed = read_cells(truth, obs_keys, features=names)
+        for key in (cfg.condition_key, cfg.dose_key, cfg.cell_type_key, *cfg.covariate_keys):
             if key and key not in observed.obs:
                 raise DataError(
                     f"the truth has no obs column '{key}'; pass the matching --*-key options"

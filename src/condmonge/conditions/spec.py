@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from condmonge.errors import UnknownConditionError
+from condmonge.errors import ConfigError, UnknownConditionError
 
 __all__ = [
     "COVARIATE_TRANSFORMS",
     "Condition",
     "log_dose",
+    "parse_covariate",
     "parse_doses",
     "parse_perturbations",
     "transform_covariate",
@@ -123,3 +124,30 @@ def transform_covariate(value: float, transform: str = "linear", key: str = "cov
             )
         return math.log1p(value)
     return value
+
+
+def parse_covariate(value: str) -> tuple[str, str | None, float | None]:
+    """Parse ``KEY[:TRANSFORM[:NEUTRAL]]`` (``time``, ``time:log1p``, ``time:log1p:0``).
+
+    Returns ``(key, transform or None, neutral value or None)``.
+    """
+    key, *rest = [part.strip() for part in str(value).split(":")]
+    transform = rest[0] if rest and rest[0] else None
+    if (
+        not key
+        or len(rest) > 2
+        or (transform is not None and transform not in COVARIATE_TRANSFORMS)
+    ):
+        raise ConfigError(
+            f"covariate '{value}' must be KEY[:TRANSFORM[:NEUTRAL]] with TRANSFORM one of "
+            f"{', '.join(COVARIATE_TRANSFORMS)} (e.g. time:log1p:0)"
+        )
+    neutral = None
+    if len(rest) == 2:
+        try:
+            neutral = float(rest[1])
+        except ValueError:
+            raise ConfigError(
+                f"covariate '{value}': the neutral value '{rest[1]}' must be a number"
+            ) from None
+    return key, transform, neutral

@@ -35,7 +35,9 @@ __all__ = [
     "TABLE_SUFFIXES",
     "as_anndata",
     "parse_features",
+    "parquet_metadata",
     "read_cells",
+    "read_query",
     "table_to_anndata",
     "write_cells",
 ]
@@ -399,3 +401,25 @@ def parquet_metadata(path: str | Path) -> dict[str, str]:
         return {}
     prefix = b"condmonge."
     return {k[len(prefix) :].decode(): v.decode() for k, v in meta.items() if k.startswith(prefix)}
+
+
+def read_query(path: str | Path) -> pd.DataFrame:
+    """A query table (one predicted block per row: condition, dose, cell type, covariates)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(
+            f"query '{path}' has the suffix '{path.suffix}'; give a {', '.join(TABLE_SUFFIXES)} "
+            "table with one row per condition"
+        )
+    if not path.is_file():
+        raise DataError(f"query file '{path}' does not exist")
+    if suffix == ".parquet":
+        try:
+            return pq.read_table(path).to_pandas()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(
+                f"'{path}' is not a parquet file ({str(exc).splitlines()[0]}); write it with "
+                "`DataFrame.to_parquet(path)`"
+            ) from None
+    return _read_text(path, suffix)
