@@ -39,6 +39,7 @@ from _gen import MODEL, nested, pool, train_section, write_report  # first: JAX 
 from condmonge.conditions.smiles import parse_smiles_spec
 from condmonge.config import Config
 from condmonge.data.anndata_io import feature_matrix
+from condmonge.data.spec import ConditionSpec
 from condmonge.data.splits import make_split
 from condmonge.datasets import fouri_like
 from condmonge.evaluate.baselines import MongeGapPerCondition, make_baseline
@@ -50,6 +51,7 @@ METRICS = ["l2_uvp", "r2_delta_all", "energy_distance", "r2_var", "mae_var", "ma
 FULL = {"drugs": None, "folds": 5, "cells": 1000, "steps": 3000, "conditions_per_step": 16}
 QUICK = {"drugs": 12, "folds": 2, "cells": 300, "steps": 300, "conditions_per_step": 8}
 BASELINES = "identity,mean_shift,additive,linear,monge_gap"
+SPEC = ConditionSpec(condition_key="drug", control="control", covariate_keys=("time",))
 
 
 def arguments() -> argparse.Namespace:
@@ -100,13 +102,13 @@ def run_split(task, split, args, smiles_path: str, tag: str) -> pd.DataFrame:
     fit_names = sorted(set(train.obs["drug"].astype(str)) - {"control"})
     table = parse_smiles_spec(f"smiles:{smiles_path}").load(fit_names=fit_names, control="control")
     cfg = model_config(args)
-    truth = truth_sets(test, cfg.data)
+    truth = truth_sets(test, cfg.data.spec)
     conditions = list(truth.conditions.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = ConditionalMonge(cfg).fit(train, embeddings={"drug": table})
     predictions = {MODEL: model.predict(test, conditions)}
-    keys = {"condition_key": "drug", "control": "control", "covariate_keys": ("time",)}
+    keys = {"spec": SPEC}
     for name in args.baselines.split(","):
         if name == "monge_gap":
             oracle = MongeGapPerCondition(steps=args.monge_gap_steps, seed=args.seed)
@@ -122,7 +124,7 @@ def run_split(task, split, args, smiles_path: str, tag: str) -> pd.DataFrame:
     rows = pd.concat(
         [
             evaluate_prediction(
-                pred, truth, cfg.data, method=method, true_map=true_map, sources=sources,
+                pred, truth, cfg.data.spec, method=method, true_map=true_map, sources=sources,
                 max_cells=args.max_cells, seed=args.seed,
             )
             for method, pred in predictions.items()
@@ -143,21 +145,18 @@ def main() -> None:
         resources.files("condmonge.datasets") / "_files" / "bunne2023_4i_drug_smiles.csv"
     ) as path:
         smiles_path = str(path)
-    common = {"condition_key": "drug", "control": "control", "seed": args.seed,
-              "key_added": None}  # fmt: skip
+    common = {"seed": args.seed, "key_added": None}
     skip = set(args.skip.split(","))
     frames = []
     if "drug" not in skip:
         folds = [int(f) for f in args.only_folds.split(",") if f] or range(args.folds)
         for fold in folds:
-            split = make_split(task.adata, "kfold", n_folds=args.folds, fold=fold, **common)
+            split = make_split(task.adata, "kfold", SPEC, n_folds=args.folds, fold=fold, **common)
             rows = run_split(task, split, args, smiles_path, f"drug-out/fold{fold}")
             rows.insert(0, "split", "drug-out")
             frames.append(rows)
     if "time" not in skip:
-        split = make_split(
-            task.adata, "covariate", holdout=[args.time_out], covariate_key="time", **common
-        )
+        split = make_split(task.adata, "covariate", SPEC, holdout=[args.time_out], **common)
         rows = run_split(task, split, args, smiles_path, f"time-out/{args.time_out:g}h")
         rows.insert(0, "split", "time-out")
         frames.append(rows)

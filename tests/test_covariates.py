@@ -16,11 +16,14 @@ from condmonge.conditions.encoding import ConditionEncoder
 from condmonge.conditions.spec import Condition, transform_covariate
 from condmonge.config import DataConfig
 from condmonge.data.anndata_io import validate_adata
+from condmonge.data.spec import ConditionSpec
 from condmonge.data.splits import make_split
 from condmonge.datasets import fouri_like
 from condmonge.errors import ConfigError, DataError, UnknownConditionError
 from condmonge.evaluate.evaluation import evaluate_prediction, truth_sets
 from condmonge.models.networks import ConditionalResidualMap
+
+SPEC = ConditionSpec(condition_key="drug", control="control", covariate_keys=("time",))
 
 
 def _config(steps: int = 20, **data) -> Config:
@@ -100,23 +103,21 @@ def test_the_map_is_the_identity_at_the_neutral_value():
 
 def test_covariate_split_holds_out_a_time_point(course):
     adata = course.adata.copy()
-    split = make_split(adata, "covariate", holdout=[48], covariate_key="time",
-                       condition_key="drug", control="control")  # fmt: skip
+    split = make_split(adata, "covariate", SPEC, holdout=[48])
     treated = (adata.obs["drug"] != "control").to_numpy()
     test = (split == "test").to_numpy()
     assert set(adata.obs["time"][test & treated]) == {48.0}
     assert set(adata.obs["time"][~test & treated]) == {6.0, 24.0}
     assert adata.uns["split"]["covariate_key"] == "time"
-    default = make_split(adata, "covariate", covariate_key="time", condition_key="drug",
-                         key_added=None)  # fmt: skip
+    default = make_split(adata, "covariate", SPEC, key_added=None)
     assert (default == split).all()  # the largest value by default
     with pytest.raises(UnknownConditionError, match="value 12 does not occur"):
-        make_split(adata, "covariate", holdout=[12], covariate_key="time", condition_key="drug")
+        make_split(adata, "covariate", SPEC, holdout=[12])
     with pytest.raises(DataError, match="needs the covariate column"):
-        make_split(adata, "covariate", holdout=[48], condition_key="drug")
+        make_split(adata, "covariate", ConditionSpec(condition_key="drug"), holdout=[48])
     adata.obs["hours"] = adata.obs["time"].astype(str) + "h"
     with pytest.raises(DataError, match="must be numeric"):
-        make_split(adata, "covariate", covariate_key="hours", condition_key="drug")
+        make_split(adata, "covariate", ConditionSpec("drug", covariate_keys=("hours",)))
 
 
 def test_non_numeric_covariate_is_an_error_with_the_fix(course):
@@ -158,15 +159,15 @@ def test_query_must_carry_every_covariate(course, fitted):
 @pytest.mark.slow
 def test_time_course_train_6_and_24_predict_48(course):
     adata = course.adata.copy()
-    split = make_split(adata, "covariate", holdout=[48], covariate_key="time",
-                       condition_key="drug", key_added=None)  # fmt: skip
+    split = make_split(adata, "covariate", SPEC, holdout=[48], key_added=None)
     train = adata[(split == "train").to_numpy()].copy()
     test = adata[(split == "test").to_numpy()].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = ConditionalMonge(_config(steps=150)).fit(train)
-    assert model.config.data.modality == "protein" and model.standardizer is not None
-    truth = truth_sets(test, model.config.data)
+    assert model.trained.config.data.modality == "protein"
+    assert model.trained.standardizer is not None
+    truth = truth_sets(test, model.spec)
     conditions = list(truth.conditions.values())
     assert {c.covariates for c in conditions} == {(48.0,)}
     pred = model.predict(test, conditions)
@@ -175,7 +176,7 @@ def test_time_course_train_6_and_24_predict_48(course):
     ident = model.predict(controls, same)
     ident.X = controls.X[ident.obs["source_index"].to_numpy()]  # the identity, same layout
     scores = {
-        name: evaluate_prediction(p, truth, model.config.data, max_cells=200).mean(
+        name: evaluate_prediction(p, truth, model.spec, max_cells=200).mean(
             numeric_only=True
         )
         for name, p in (("model", pred), ("identity", ident))

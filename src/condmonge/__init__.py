@@ -10,13 +10,14 @@ does): each step's conditions are then split over one JAX device per core.
 
 from condmonge import datasets, errors
 from condmonge._version import __version__
-from condmonge.conditions.spec import Condition
 from condmonge.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig, load_config
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.model import ConditionalMonge
 from condmonge.train.sharding import use_cpu_cores
 
 __all__ = [
     "Condition",
+    "ConditionSpec",
     "ConditionalMonge",
     "Config",
     "DataConfig",

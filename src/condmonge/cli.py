@@ -83,6 +83,27 @@ def _smiles_table(spec: Any, control: str | None, fit_names: list[str]) -> Any:
     return spec.load(fit_names=fit_names, control=control)
 
 
+def _train_config(config: Path | None, condition_key: str | None, *keys: str | None) -> Any:
+    """The run's config (the YAML's, or the defaults) and its spec with the options applied.
+
+    Args:
+      config: the ``--config`` YAML, or ``None``.
+      condition_key: ``--condition-key``.
+      *keys: ``--control``, ``--dose-key``, ``--cell-type-key``, ``--use-rep`` as given.
+    """
+    from condmonge.config import Config, load_config
+
+    control = keys[0]
+    if config is None and condition_key is None:
+        raise DataError("give --condition-key (the obs column naming each cell's condition)")
+    if config is None and control is None:
+        raise DataError("give --control (the label of control cells)")
+    cfg = load_config(config) if config is not None else Config()
+    names = ("control", "dose_key", "cell_type_key", "use_rep")
+    spec = cfg.data.spec.updated(condition_key=condition_key, **dict(zip(names, keys, strict=True)))
+    return cfg, spec
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
@@ -119,7 +140,6 @@ def train(
     ] = False,
 ) -> None:
     """Train a conditional Monge-gap map and write a checkpoint to --out."""
-    from condmonge.config import Config, load_config
     from condmonge.data.tables import read_cells
     from condmonge.errors import TrainingInterrupted
     from condmonge.model import ConditionalMonge
@@ -130,32 +150,21 @@ def train(
                 f"'{out}' already holds a run (model.safetensors); pass --resume to continue it, "
                 "--overwrite to start over, or choose another --out"
             )
-        cfg = load_config(config) if config is not None else Config()
-        if condition_key is None and config is None:
-            raise DataError("give --condition-key (the obs column naming each cell's condition)")
-        if control is None and config is None:
-            raise DataError("give --control (the label of control cells)")
+        cfg, spec = _train_config(config, condition_key, control, dose_key, cell_type_key, use_rep)
         overrides = _covariates(covariate_key or [])
         if features is not None:
-            overrides["data.features"] = tuple(v for v in _split(features))
+            overrides["data.features"] = tuple(_split(features))
         if modality is not None:
             overrides["data.modality"] = modality
+        spec = spec.updated(covariate_keys=overrides.get("data.covariate_keys"))
         cfg = cfg.updated(overrides)
-        tables = _embeddings(embedding or [], control if control is not None else cfg.data.control)
-        d = cfg.data
+        tables = _embeddings(embedding or [], spec.control)
         adata = read_cells(
-            data,
-            [condition_key, dose_key, cell_type_key, *d.covariate_keys],
-            required=[condition_key or d.condition_key, dose_key, cell_type_key, *d.covariate_keys],
-            features=d.features or None,
+            data, spec.obs_keys, required=spec.obs_keys, features=cfg.data.features or None
         )
         model = ConditionalMonge(cfg).fit(
             adata,
-            condition_key,
-            control,
-            dose_key=dose_key,
-            cell_type_key=cell_type_key,
-            use_rep=use_rep,
+            spec=spec,
             embeddings=tables,
             holdout=_split(holdout),
             steps=steps,
@@ -257,32 +266,18 @@ def split(
     key_added: Annotated[str, typer.Option(help="obs column to write.")] = "split",
 ) -> None:
     """Add a train/test split column to DATA's obs and write it to --out."""
-    from condmonge.data.splits import make_split, split_summary
+    from condmonge.data.spec import ConditionSpec
+    from condmonge.data.splits import SplitPlan, make_split, split_summary
     from condmonge.data.tables import read_cells, write_cells
 
     try:
-        adata = read_cells(
-            data,
-            [condition_key, dose_key, cell_type_key, covariate_key],
-            required=[condition_key, dose_key, cell_type_key, covariate_key],
-            features=features,
+        covariates = (covariate_key,) if covariate_key else ()
+        spec = ConditionSpec(condition_key, control, dose_key, cell_type_key, covariates)
+        plan = SplitPlan(
+            kind, holdout or None, fraction, n_folds, fold, control_test_fraction, seed
         )
-        make_split(
-            adata,
-            kind,
-            holdout=holdout or None,
-            fraction=fraction,
-            n_folds=n_folds,
-            fold=fold,
-            condition_key=condition_key,
-            control=control,
-            dose_key=dose_key,
-            cell_type_key=cell_type_key,
-            control_test_fraction=control_test_fraction,
-            seed=seed,
-            key_added=key_added,
-            covariate_key=covariate_key,
-        )
+        adata = read_cells(data, spec.obs_keys, required=spec.obs_keys, features=features)
+        make_split(adata, plan, spec, key_added=key_added)
         summary = split_summary(adata, key_added)
         write_cells(adata, out)
     except CondMongeError as exc:
@@ -299,6 +294,38 @@ def _write_text_atomic(path: Path, text: str) -> None:
     from condmonge.files import replace_atomically
 
     replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def _evaluation_spec(
+    pred: Any, observed: Any, *keys: str | None, covariate_keys: tuple[str, ...] = ()
+) -> Any:
+    """The spec of an evaluation: the options given, else the model's (stored in ``pred``).
+
+    Args:
+      pred, observed: the predictions and the truth (AnnData; ``observed`` ``None``: not
+        checked yet).
+      *keys: ``condition_key``, ``control``, ``dose_key``, ``cell_type_key`` as given.
+      covariate_keys: ``--covariate-key`` as given (empty: the model's).
+    """
+    import json
+
+    from condmonge.data.spec import ConditionSpec
+
+    names = ("condition_key", "control", "dose_key", "cell_type_key")
+    meta = pred.uns.get("condmonge", {})
+    has_config = isinstance(meta, dict) and "config" in meta
+    stored = json.loads(meta["config"]).get("data", {}) if has_config else {}
+    spec = ConditionSpec.from_dict({k: stored[k] for k in names if stored.get(k)})
+    spec = spec.updated(**dict(zip(names, keys, strict=True)))
+    spec = spec.updated(covariate_keys=covariate_keys or tuple(stored.get("covariate_keys") or ()))
+    if observed is None:
+        return spec
+    for key in spec.obs_keys:
+        if key and key not in observed.obs:
+            raise DataError(
+                f"the truth has no obs column '{key}'; pass the matching --*-key options"
+            )
+    return spec
 
 
 @app.command()
@@ -326,40 +353,22 @@ def evaluate(
     """Score predictions against observed cells: per-condition and aggregate metrics."""
     import json
 
-    from condmonge.config import DataConfig
     from condmonge.data.tables import RESERVED_OBS, read_cells
     from condmonge.evaluate.evaluation import evaluate_prediction
     from condmonge.evaluate.report import HEADLINE_METRICS, metric_columns, to_markdown
 
     try:
+        given = (condition_key, control, dose_key, cell_type_key)
+        covariates = tuple(covariate_key or ())
         pred = read_cells(
-            prediction,
-            [condition_key, dose_key, cell_type_key, *(covariate_key or []), *RESERVED_OBS],
+            prediction, [condition_key, dose_key, cell_type_key, *covariates, *RESERVED_OBS]
         )
-        # Column names default to those the model was trained with (stored in predictions).
-        stored: dict[str, Any] = {}
-        meta = pred.uns.get("condmonge", {})
-        if isinstance(meta, dict) and "config" in meta:
-            stored = json.loads(meta["config"]).get("data", {})
-        given = {
-            "condition_key": condition_key,
-            "control": control,
-            "dose_key": dose_key,
-            "cell_type_key": cell_type_key,
-            "covariate_keys": tuple(covariate_key) if covariate_key else None,
-        }
-        keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
-        cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
-        obs_keys = [cfg.condition_key, cfg.dose_key, cfg.cell_type_key, *cfg.covariate_keys]
+        cfg = _evaluation_spec(pred, None, *given, covariate_keys=covariates)
         # A table prediction read before the keys were known: its key columns are not features.
-        names = [str(v) for v in pred.var_names if v not in obs_keys]
+        names = [str(v) for v in pred.var_names if v not in cfg.obs_keys]
         pred = pred[:, names]
-        observed = read_cells(truth, obs_keys, features=names)
-        for key in (cfg.condition_key, cfg.dose_key, cfg.cell_type_key, *cfg.covariate_keys):
-            if key and key not in observed.obs:
-                raise DataError(
-                    f"the truth has no obs column '{key}'; pass the matching --*-key options"
-                )
+        observed = read_cells(truth, cfg.obs_keys, features=names)
+        cfg = _evaluation_spec(pred, observed, *given, covariate_keys=covariates)
         table = evaluate_prediction(pred, observed, cfg, method="prediction", max_cells=max_cells)
     except CondMongeError as exc:
         _fail(str(exc))

@@ -153,7 +153,7 @@ def _hidden_embedding(smiles: pd.Series, hidden_dim: int, rng: np.random.Generat
     )
 
 
-def fouri_like(
+def fouri_like(  # noqa: PLR0913  a generator's design knobs are its parameters
     smiles: pd.Series | None = None,
     n_drugs: int | None = None,
     times: Sequence[float] = (6.0, 24.0, 48.0),
