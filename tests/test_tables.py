@@ -144,7 +144,8 @@ def test_modality_detection_and_override():
     rng = np.random.default_rng(0)
     cfg = DataConfig()
     scaled = rng.normal(size=(20, 48)).astype(np.float32)
-    assert detect_modality(_adata(scaled), cfg) == "protein"  # negatives, small dense panel
+    assert detect_modality(_adata(scaled), cfg) == "generic"  # negatives: scaled, not counts
+    assert detect_modality(_adata(scaled, modality="protein"), cfg) == "protein"  # declared
     positive = np.abs(scaled) * 100 + 0.5
     assert detect_modality(_adata(positive), cfg) == "rna"  # could be unlogged expression
     table = table_to_anndata(pd.DataFrame(positive, columns=[f"m{j}" for j in range(48)]))
@@ -154,7 +155,7 @@ def test_modality_detection_and_override():
     assert detect_modality(_adata(sp.csr_matrix(scaled)), cfg) == "rna"
     assert detect_modality(_adata(rng.normal(size=(20, 300))), cfg) == "rna"
     assert detect_modality(_adata(scaled, log1p={}), cfg) == "rna"
-    assert detect_modality(_adata(scaled), DataConfig(modality="generic")) == "generic"
+    assert detect_modality(_adata(scaled), DataConfig(modality="rna")) == "rna"
 
 
 def test_protein_data_raise_no_rna_warnings_but_rna_still_does():
@@ -163,7 +164,7 @@ def test_protein_data_raise_no_rna_warnings_but_rna_still_does():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         validate_adata(_adata(intensities), DataConfig(modality="protein"))
-        validate_adata(_adata(intensities - 500), DataConfig())  # negative: protein detected
+        validate_adata(_adata(intensities - 500), DataConfig())  # negative: generic detected
     with pytest.warns(DataWarning, match="not log-transformed"):
         validate_adata(_adata(intensities), DataConfig())  # auto: rna, so the check runs
 

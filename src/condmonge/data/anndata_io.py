@@ -97,15 +97,18 @@ def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool 
 def detect_modality(adata: ad.AnnData, cfg: DataConfig) -> str:
     """``cfg.modality``, or for ``"auto"`` what ``adata`` looks like.
 
-    In order: ``generic`` for a representation (``use_rep``); ``rna`` when X is sparse, has
-    more than :data:`PROTEIN_MAX_FEATURES` features, is integer-valued (counts) or ``uns``
-    records a ``log1p``; ``protein`` for a small dense panel read from a table
-    (``uns['condmonge_table']``, set by :mod:`condmonge.data.tables`) or holding negative
-    (scaled) values, as in 4i or other multiplexed imaging; ``rna`` otherwise, so that the
-    count and log checks still guard small expression matrices.
+    In order: ``uns['modality']`` when it names one; ``generic`` for a representation
+    (``use_rep``); ``rna`` when X is sparse, has more than :data:`PROTEIN_MAX_FEATURES`
+    features, is integer-valued (counts) or ``uns`` records a ``log1p``; ``protein`` for a
+    small dense panel read from a table (``uns['condmonge_table']``, set by
+    :mod:`condmonge.data.tables`), as a 4i or other imaging export; ``generic`` for other
+    dense data with negative (scaled) values; ``rna`` otherwise, so that the count and log
+    checks still guard small expression matrices.
     """
     if cfg.modality != "auto":
         return cfg.modality
+    if adata.uns.get("modality") in MODALITIES:
+        return str(adata.uns["modality"])
     if cfg.use_rep is not None:
         return "generic"
     x = adata.X
@@ -114,7 +117,9 @@ def detect_modality(adata: ad.AnnData, cfg: DataConfig) -> str:
     values = np.asarray(x).reshape(-1)
     if values.size == 0 or _is_integer_valued(values):
         return "rna"
-    return "protein" if "condmonge_table" in adata.uns or values.min() < 0 else "rna"
+    if "condmonge_table" in adata.uns:
+        return "protein"
+    return "generic" if values.min() < 0 else "rna"
 
 
 def check_features(x: np.ndarray, names: Sequence[str], where: str = "adata.X") -> None:

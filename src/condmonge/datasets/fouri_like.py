@@ -236,7 +236,8 @@ def _populate(
         index=pd.Index([f"cell{i}" for i in range(len(x))]),
     )
     adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=list(FEATURES)))
-    adata.uns["fouri_like"] = {"seed": seed, "times": list(times), "modality": "protein"}
+    adata.uns["fouri_like"] = {"seed": seed, "times": list(times)}
+    adata.uns["modality"] = "protein"  # read by condmonge.data.anndata_io.detect_modality
     return FouriLikeTask(
         adata, task.hidden_embedding, task.smiles, task.drugs, times, task.control,
         task._maps, task._controls,
