@@ -76,6 +76,7 @@ def test_same_seed_same_parameters_and_different_seed_differs(adata):
     assert not np.array_equal(params(3), params(4))
 
 
+@pytest.mark.slow  # new Python processes (JAX start-up each)
 def test_save_load_in_new_process_gives_identical_predictions(adata, tmp_path):
     model = cm.ConditionalMonge(tiny_config()).fit(
         adata, "condition", "control", checkpoint_dir=tmp_path / "run"

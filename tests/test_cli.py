@@ -139,6 +139,7 @@ def test_bad_input_exits_2_with_one_line(workspace, tmp_path, command, message):
     assert not (tmp_path / "p.h5ad").exists()
 
 
+@pytest.mark.slow  # new Python processes (JAX start-up each)
 def test_usage_errors_are_one_line(tmp_path):
     result = run_cli("train", tmp_path / "x.h5ad", "--condition-key", "c")
     assert result.returncode == 2

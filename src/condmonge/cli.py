@@ -296,47 +296,139 @@ def _write_text_atomic(path: Path, text: str) -> None:
     replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
-def _evaluation_spec(
-    pred: Any, observed: Any, *keys: str | None, covariate_keys: tuple[str, ...] = ()
-) -> Any:
-    """The spec of an evaluation: the options given, else the model's (stored in ``pred``).
+def _read_for_evaluate(path: Path, backed: bool, keys=(), features=None):
+    """Read cells for ``evaluate`` (backed ``.h5ad``: cells stay on disk), one-line errors.
 
-    Args:
-      pred, observed: the predictions and the truth (AnnData; ``observed`` ``None``: not
-        checked yet).
-      *keys: ``condition_key``, ``control``, ``dose_key``, ``cell_type_key`` as given.
-      covariate_keys: ``--covariate-key`` as given (empty: the model's).
+    Tables (``.csv``/``.tsv``/``.parquet``) and ``.zarr`` are read by
+    :func:`~condmonge.data.tables.read_cells` with the obs ``keys`` and ``features`` given.
     """
+    import anndata as ad
+
+    from condmonge.data.tables import RESERVED_OBS, read_cells
+
+    if not backed or path.suffix.lower() != ".h5ad":
+        return read_cells(path, [*keys, *RESERVED_OBS], features=features)
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as exc:  # h5py/anndata raise many types for a damaged or foreign file
+        raise DataError(f"'{path}' is not a readable .h5ad file ({type(exc).__name__})") from None
+
+
+def _evaluate_inputs(files: list[Path], named: list[str]) -> tuple[dict[str, Path], Path]:
+    """``{name: prediction path}`` and the truth path from the positionals and ``--pred``."""
+    if not files or len(files) > 2:
+        raise DataError(
+            f"evaluate takes [PRED] TRUTH (got {len(files)} files); give more predictions "
+            "with --pred NAME=FILE"
+        )
+    preds = {"prediction": files[0]} if len(files) == 2 else {}
+    for item in named:
+        name, sep, file = item.partition("=")
+        if not sep or not name.strip() or not file.strip():
+            raise DataError(f"--pred '{item}' is not NAME=FILE, e.g. --pred cpa=cpa_pred.h5ad")
+        if name.strip() in preds:
+            raise DataError(f"--pred name '{name.strip()}' is given twice; names must differ")
+        preds[name.strip()] = Path(file.strip())
+    return preds, files[-1]
+
+
+def _stored_data_config(predictions: dict) -> dict[str, Any]:
+    """Column names stored by `condmonge predict` in the first prediction that has them."""
     import json
 
-    from condmonge.data.spec import ConditionSpec
+    for pred in predictions.values():
+        meta = pred.uns.get("condmonge", {})
+        if isinstance(meta, dict) and "config" in meta:
+            return json.loads(meta["config"]).get("data", {})
+    return {}
 
-    names = ("condition_key", "control", "dose_key", "cell_type_key")
-    meta = pred.uns.get("condmonge", {})
-    has_config = isinstance(meta, dict) and "config" in meta
-    stored = json.loads(meta["config"]).get("data", {}) if has_config else {}
-    spec = ConditionSpec.from_dict({k: stored[k] for k in names if stored.get(k)})
-    spec = spec.updated(**dict(zip(names, keys, strict=True)))
-    spec = spec.updated(covariate_keys=covariate_keys or tuple(stored.get("covariate_keys") or ()))
-    if observed is None:
-        return spec
-    for key in spec.obs_keys:
-        if key and key not in observed.obs:
-            raise DataError(
-                f"the truth has no obs column '{key}'; pass the matching --*-key options"
-            )
-    return spec
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: undefined values (e.g. a correlation with no change) become null."""
+    value = float(value)
+    return value if value == value else None
+
+
+def _evaluate_record(table, predictions: dict[str, str], truth: Path) -> dict[str, Any]:
+    """The JSON record: per method aggregate, per-condition values and coverage."""
+    from condmonge.evaluate.scoring import metric_names
+
+    metrics = metric_names(table)
+    methods = {}
+    for name in predictions:
+        rows = table[table["method"] == name].set_index("condition")
+        methods[name] = {
+            "n_conditions": len(rows),
+            "coverage": table.attrs["coverage"][name],
+            "aggregate": {
+                m: {
+                    "mean": _finite_or_none(rows[m].mean()),
+                    "sd": _finite_or_none(rows[m].std(ddof=0)),
+                }
+                for m in metrics
+            },  # fmt: skip
+            "per_condition": {
+                key: {m: _finite_or_none(row[m]) for m in metrics} for key, row in rows.iterrows()
+            },
+        }
+    first = methods[next(iter(predictions))]
+    return {"truth": str(truth), "predictions": predictions, "n_genes": table.attrs["n_genes"],
+            "methods": methods, **first}  # fmt: skip
+
+
+def _echo_coverage(table) -> None:
+    for name, cov in table.attrs["coverage"].items():
+        for side, what in (("only_in_truth", "not predicted"), ("only_in_prediction", "no truth")):
+            if cov[side]:
+                shown = ", ".join(cov[side][:5]) + (", ..." if len(cov[side]) > 5 else "")
+                typer.echo(f"{name}: {len(cov[side])} condition(s) {what}, not scored: {shown}")
+        if cov["n_genes_missing"]:
+            typer.echo(f"{name}: {cov['n_genes_missing']} truth gene(s) missing, scored without")
+
+
+def _score_files(paths, truth_path, given, train, backed, **options):
+    """Read predictions and truth, add baselines fitted on ``train``, score them all."""
+    from condmonge.config import DataConfig
+    from condmonge.evaluate.scoring import baseline_predictions, score_predictions
+
+    pred_keys = [v for k, v in given.items() if k != "control" and isinstance(v, str)]
+    pred_keys += list(given.get("covariate_keys") or ())
+    predictions = {name: _read_for_evaluate(p, backed, pred_keys) for name, p in paths.items()}
+    stored = _stored_data_config(predictions)
+    keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
+    cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
+    obs_keys = [k for k in cfg.spec.obs_keys if k]
+    # A table prediction read before the keys were known: its key columns are not features.
+    predictions = {
+        name: pred[:, [v for v in pred.var_names if v not in obs_keys]]
+        if "condmonge_table" in pred.uns
+        else pred
+        for name, pred in predictions.items()
+    }
+    first = next(iter(predictions.values()), None)
+    names = None if first is None else [str(v) for v in first.var_names]
+    observed = _read_for_evaluate(truth_path, backed, obs_keys, names)
+    if train is not None:
+        query = observed.to_memory() if backed else observed
+        fitted = baseline_predictions(_read_for_evaluate(train, False), query, cfg)
+        predictions |= fitted
+        paths = paths | {name: f"baseline fitted on {train}" for name in fitted}
+    table = score_predictions(predictions, observed, cfg, progress=sys.stderr.isatty(), **options)
+    return table, paths, cfg
 
 
 @app.command()
 def evaluate(
-    prediction: Annotated[
-        Path, typer.Argument(help="Predicted cells (from `predict`: .h5ad, .zarr or a table).")
-    ],
-    truth: Annotated[
-        Path, typer.Argument(help="Observed treated cells of the same conditions + controls.")
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="[PRED] TRUTH: a prediction (.h5ad, any model), the observed cells."),
     ],
     out: Annotated[Path, typer.Option("--out", help="Metrics (.json).")],
+    pred: Annotated[
+        list[str] | None, typer.Option("--pred", help="More predictions, NAME=FILE (repeat).")
+    ] = None,
     condition_key: Annotated[
         str | None, typer.Option(help="obs column of conditions (default: the model's).")
     ] = None,
@@ -347,53 +439,60 @@ def evaluate(
         list[str] | None,
         typer.Option(help="Numeric covariate columns (default: the model's). Repeatable."),
     ] = None,
-    max_cells: Annotated[int, typer.Option(help="Subsample populations to this size.")] = 500,
+    baselines: Annotated[
+        bool, typer.Option(help="Also score identity, mean-shift and additive (needs --train).")
+    ] = False,
+    train: Annotated[Path | None, typer.Option(help="Training cells for --baselines.")] = None,
+    max_cells: Annotated[
+        int, typer.Option(help="Cells per condition for DE and distribution metrics.")
+    ] = 500,
+    de_method: Annotated[str, typer.Option(help="scanpy rank_genes_groups method.")] = "wilcoxon",
+    de_cache: Annotated[Path | None, typer.Option(help="Directory caching DE results.")] = None,
+    distributions: Annotated[
+        bool, typer.Option(help="Distribution metrics (MMD, energy, Sinkhorn, moments).")
+    ] = True,
+    backed: Annotated[bool, typer.Option(help="Stream cells from disk (large files).")] = False,
     csv: Annotated[Path | None, typer.Option(help="Also write the per-condition table.")] = None,
+    figure: Annotated[Path | None, typer.Option(help="Leaderboard figure (.png).")] = None,
+    scatter: Annotated[
+        Path | None, typer.Option(help="Per-condition scatter of top-DE mean deltas (.png).")
+    ] = None,
 ) -> None:
-    """Score predictions against observed cells: per-condition and aggregate metrics."""
+    """Score any model's predictions against observed cells, side by side (docs/METRICS.md)."""
     import json
 
-    from condmonge.data.tables import RESERVED_OBS, read_cells
-    from condmonge.evaluate.evaluation import evaluate_prediction
-    from condmonge.evaluate.report import HEADLINE_METRICS, metric_columns, to_markdown
+    from condmonge.evaluate.de import DECache
+    from condmonge.evaluate.figures import leaderboard_markdown, plot_leaderboard, plot_scatter
 
     try:
-        given = (condition_key, control, dose_key, cell_type_key)
-        covariates = tuple(covariate_key or ())
-        pred = read_cells(
-            prediction, [condition_key, dose_key, cell_type_key, *covariates, *RESERVED_OBS]
-        )
-        cfg = _evaluation_spec(pred, None, *given, covariate_keys=covariates)
-        # A table prediction read before the keys were known: its key columns are not features.
-        names = [str(v) for v in pred.var_names if v not in cfg.obs_keys]
-        pred = pred[:, names]
-        observed = read_cells(truth, cfg.obs_keys, features=names)
-        cfg = _evaluation_spec(pred, observed, *given, covariate_keys=covariates)
-        table = evaluate_prediction(pred, observed, cfg, method="prediction", max_cells=max_cells)
+        if max_cells < 2:
+            raise DataError(f"--max-cells must be at least 2 (got {max_cells})")
+        if baselines and train is None:
+            raise DataError("--baselines needs --train FILE (the training cells to fit them on)")
+        paths, truth_path = _evaluate_inputs(files, pred or [])
+        if not paths and not baselines:
+            raise DataError("nothing to score: give PRED, --pred NAME=FILE or --baselines")
+        given = {"condition_key": condition_key, "control": control, "dose_key": dose_key,
+                 "cell_type_key": cell_type_key,
+                 "covariate_keys": tuple(covariate_key) if covariate_key else None}  # fmt: skip
+        table, paths, _ = _score_files(
+            paths, truth_path, given, train if baselines else None, backed,
+            max_cells=max_cells, distributions=distributions,
+            de_cache=DECache(de_method, de_cache),
+        )  # fmt: skip
     except CondMongeError as exc:
         _fail(str(exc))
-    metrics = metric_columns(table)
-    aggregate = {
-        m: {"mean": float(table[m].mean()), "sd": float(table[m].std(ddof=0))} for m in metrics
-    }
-    per_condition = {
-        key: {m: (None if row[m] != row[m] else float(row[m])) for m in metrics}
-        for key, row in table.iterrows()
-    }
-    record = {
-        "prediction": str(prediction),
-        "truth": str(truth),
-        "n_conditions": len(table),
-        "aggregate": aggregate,
-        "per_condition": per_condition,
-    }
+    record = _evaluate_record(table, {k: str(v) for k, v in paths.items()}, truth_path)
     _write_text_atomic(out, json.dumps(record, indent=2))
     if csv is not None:
-        _write_text_atomic(csv, table.to_csv(index_label="condition"))
-    from condmonge.evaluate.report import summarize
-
-    typer.echo(to_markdown(summarize(table), HEADLINE_METRICS))
-    typer.echo(f"wrote metrics of {len(table)} conditions to {out}")
+        _write_text_atomic(csv, table.to_csv(index=False))
+    if figure is not None:
+        plot_leaderboard(table, figure)
+    if scatter is not None:
+        plot_scatter(table, scatter)
+    _echo_coverage(table)
+    typer.echo(leaderboard_markdown(table))
+    typer.echo(f"wrote metrics of {table['condition'].nunique()} conditions to {out}")
 
 
 @app.command()

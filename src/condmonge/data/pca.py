@@ -34,7 +34,10 @@ component is positive), so results are deterministic and solvers agree.
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -60,6 +63,9 @@ __all__ = [
 #: Largest ``min(n, d)`` solved exactly by ``solver="auto"`` (an exact solve costs
 #: ``O(min(n, d)^2 max(n, d))``, about the cost of 15 randomized iterations at this size).
 EXACT_MAX_DIM = 2048
+
+#: Threads for the sparse products of the randomized solver (at most 4).
+_WORKERS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 Solver = Literal["auto", "covariance", "gram", "svd", "randomized"]
 #: Row blocks of a data matrix, one pass per call: dense ``[r, d]`` or CSR ``[r, d]`` arrays.
@@ -251,25 +257,47 @@ def _column_mean(chunks: Chunks, n: int, d: int) -> np.ndarray:
     return total / n
 
 
+def _block_product(block, q32: np.ndarray, mean32: np.ndarray, mean_q: np.ndarray):
+    """``(B_c^T B_c q, column sums of B_c q)`` of one row block, ``B_c`` the centred block."""
+    if sp.issparse(block):
+        y = np.asarray(block @ q32) - mean_q  # centred, so no cancellation
+        return np.asarray(block.T @ y), y.sum(axis=0, dtype=np.float64)
+    centred = np.asarray(block, np.float32) - mean32
+    return centred.T @ (centred @ q32), None
+
+
 def _covariance_times(chunks: Chunks, mean: np.ndarray, n: int, q: np.ndarray) -> np.ndarray:
     """``C q`` for the covariance ``C`` of the rows and ``q [d, b]``: one pass over the rows.
 
-    Dense blocks are centred before their float32 products; sparse blocks stay sparse and the
-    mean is taken out of ``B q`` (centred, so no cancellation) and of ``B^T y`` at the end.
+    Dense blocks are centred before their float32 products (BLAS uses every core); sparse
+    blocks stay sparse, are multiplied on :data:`_WORKERS` threads (scipy's sparse products
+    release the GIL) and have the mean taken out of ``B q`` and, at the end, of ``B^T y``.
+    Partial sums are added in block order, so the result does not depend on the threads.
     """
     q32 = q.astype(np.float32)
     mean32 = mean.astype(np.float32)
     mean_q = mean32 @ q32
     out = np.zeros(q.shape, np.float64)
     column_sums = np.zeros(q.shape[1], np.float64)
-    for block in chunks():
-        if sp.issparse(block):
-            y = np.asarray(block @ q32) - mean_q
-            out += np.asarray(block.T @ y)
-            column_sums += y.sum(axis=0, dtype=np.float64)
-        else:
-            centred = np.asarray(block, np.float32) - mean32
-            out += centred.T @ (centred @ q32)
+
+    def add(result) -> None:
+        nonlocal column_sums
+        product, sums = result
+        out[...] += product
+        if sums is not None:
+            column_sums += sums
+
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        pending: deque = deque()
+        for block in chunks():
+            if not sp.issparse(block):
+                add(_block_product(block, q32, mean32, mean_q))
+                continue
+            pending.append(pool.submit(_block_product, block, q32, mean32, mean_q))
+            if len(pending) > 2 * _WORKERS:  # bounded: at most a few blocks in memory
+                add(pending.popleft().result())
+        while pending:
+            add(pending.popleft().result())
     out -= np.outer(mean, column_sums)
     return out / max(n - 1, 1)
 
