@@ -240,7 +240,7 @@ class ConditionalMonge:
         spec = self.spec
         names = None if spec.use_rep else trained.feature_names
         adata = as_anndata(adata, spec.obs_keys, features=names)
-        rna = trained.config.data.modality in ("rna", "auto")  # the RNA checks only for RNA
+        rna = trained.config.data.modality != "protein"  # no count / log checks on intensities
         x = query_features(adata, trained.feature_names, spec, check_expression_values=rna)
         is_control, types = control_rows(adata, spec)
         available = sorted({str(t) for t in types[is_control]}) if spec.cell_type_key else []
