@@ -176,9 +176,7 @@ def test_time_course_train_6_and_24_predict_48(course):
     ident = model.predict(controls, same)
     ident.X = controls.X[ident.obs["source_index"].to_numpy()]  # the identity, same layout
     scores = {
-        name: evaluate_prediction(p, truth, model.spec, max_cells=200).mean(
-            numeric_only=True
-        )
+        name: evaluate_prediction(p, truth, model.spec, max_cells=200).mean(numeric_only=True)
         for name, p in (("model", pred), ("identity", ident))
     }
     # Extrapolated to 48 h, the map moves the cells towards the truth: part of the mean

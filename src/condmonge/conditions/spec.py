@@ -29,6 +29,7 @@ def log_dose(dose: float) -> float:
     r"""Dose feature :math:`\log_{10}(1 + \text{dose})`: 0 at dose 0, smooth and monotone."""
     return math.log10(1.0 + float(dose))
 
+
 def transform_covariate(value: float, transform: str = "linear", key: str = "covariate") -> float:
     r"""The covariate feature: ``value`` (``linear``) or :math:`\log(1 + \text{value})` (``log1p``).
 
