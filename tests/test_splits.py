@@ -240,6 +240,7 @@ def test_split_properties(adata, seed, kind):
         (kind == "dose" and not multi_dose)
         or (kind == "cell_type" and n_types < 2)
         or (kind == "combination" and not has_combo)
+        or kind == "covariate"  # these tables have no covariate: see tests/test_covariates.py
     ):
         kind = "random"
     kw = dict(seed=seed, key_added=None)

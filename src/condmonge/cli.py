@@ -57,6 +57,28 @@ def _embeddings(items: list[str], control: str | None = None) -> dict[str, Any]:
     return tables
 
 
+def _covariates(items: list[str]) -> dict[str, Any]:
+    """``--covariate-key KEY[:TRANSFORM[:NEUTRAL]]`` (repeatable) -> data config overrides."""
+    from condmonge.conditions.spec import parse_covariate
+
+    parsed = [parse_covariate(item) for item in items]
+    if not parsed:
+        return {}
+    return {
+        "data.covariate_keys": tuple(k for k, _, _ in parsed),
+        "data.covariate_transforms": {k: t for k, t, _ in parsed if t is not None},
+        "data.covariate_neutral": {k: n for k, _, n in parsed if n is not None},
+    }
+
+
+_COVARIATE_HELP = (
+    "Numeric obs column (e.g. time) as a condition, KEY[:TRANSFORM[:NEUTRAL]]: TRANSFORM linear "
+    "(default) or log1p, NEUTRAL the value where the map is the identity (time:log1p:0). "
+    "Repeatable."
+)
+_DATA_HELP = "Cells: .h5ad, .zarr, or a .csv/.tsv/.parquet table (one row per cell)."
+
+
 def _smiles_table(spec: Any, control: str | None, fit_names: list[str]) -> Any:
     return spec.load(fit_names=fit_names, control=control)
 
@@ -84,12 +106,21 @@ def _train_config(config: Path | None, condition_key: str | None, *keys: str | N
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Training data (.h5ad).")],
+    data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoint, config).")],
     condition_key: Annotated[str | None, typer.Option(help="obs column of conditions.")] = None,
     control: Annotated[str | None, typer.Option(help="Label of control cells.")] = None,
     dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    covariate_key: Annotated[list[str] | None, typer.Option(help=_COVARIATE_HELP)] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Table feature columns: names or globs, comma-separated (pERK_*,area)."),
+    ] = None,
+    modality: Annotated[
+        str | None,
+        typer.Option(help="rna | protein | generic (default: detected; protein is z-scored)."),
+    ] = None,
     embedding: Annotated[
         list[str] | None,
         typer.Option(
@@ -109,7 +140,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a conditional Monge-gap map and write a checkpoint to --out."""
-    from condmonge.data.anndata_io import read_h5ad
+    from condmonge.data.tables import read_cells
     from condmonge.errors import TrainingInterrupted
     from condmonge.model import ConditionalMonge
 
@@ -120,8 +151,17 @@ def train(
                 "--overwrite to start over, or choose another --out"
             )
         cfg, spec = _train_config(config, condition_key, control, dose_key, cell_type_key, use_rep)
+        overrides = _covariates(covariate_key or [])
+        if features is not None:
+            overrides["data.features"] = tuple(_split(features))
+        if modality is not None:
+            overrides["data.modality"] = modality
+        spec = spec.updated(covariate_keys=overrides.get("data.covariate_keys"))
+        cfg = cfg.updated(overrides)
         tables = _embeddings(embedding or [], spec.control)
-        adata = read_h5ad(data)
+        adata = read_cells(
+            data, spec.obs_keys, required=spec.obs_keys, features=cfg.data.features or None
+        )
         model = ConditionalMonge(cfg).fit(
             adata,
             spec=spec,
@@ -148,37 +188,36 @@ def train(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `train`.")],
-    data: Annotated[Path, typer.Argument(help="Data holding control cells (.h5ad).")],
-    out: Annotated[Path, typer.Option("--out", help="Predictions (.h5ad).")],
+    data: Annotated[Path, typer.Argument(help="Control cells: " + _DATA_HELP)],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Predictions, in the format of the suffix (.h5ad, .csv, ...)."),
+    ],
     conditions: Annotated[str | None, typer.Option(help="Conditions: C1,C2+C3.")] = None,
     query: Annotated[
         Path | None,
         typer.Option(
-            help="CSV with condition/dose/cell-type columns, one predicted block per row."
+            help="Table (.csv/.tsv/.parquet) with condition/dose/cell-type/covariate columns, one "
+            "predicted block per row."
         ),
     ] = None,
     dose: Annotated[str | None, typer.Option(help="Dose of the --conditions.")] = None,
     cell_type: Annotated[str | None, typer.Option(help="Cell type of the --conditions.")] = None,
 ) -> None:
     """Push the control cells of DATA through the trained map; write predictions as AnnData."""
-    import pandas as pd
-
-    from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
+    from condmonge.data.tables import read_cells, read_query, write_cells
     from condmonge.model import ConditionalMonge
 
     try:
         if conditions and query:
             raise DataError("give either --conditions or --query, not both")
         model = ConditionalMonge.load(run_dir)
-        adata = read_h5ad(data)
-        if query is not None:
-            if not query.is_file():
-                raise DataError(f"query file '{query}' does not exist")
-            wanted: Any = pd.read_csv(query)
-        else:
-            wanted = _split(conditions) or None
+        d = model.config.data
+        keys = [d.condition_key, d.dose_key, d.cell_type_key, *d.covariate_keys]
+        adata = read_cells(data, keys, features=None if d.use_rep else model.feature_names)
+        wanted: Any = read_query(query) if query is not None else (_split(conditions) or None)
         pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type)
-        write_h5ad_atomic(pred, out)
+        write_cells(pred, out)
         n_blocks = pred.obs["condition_id"].nunique()
         typer.echo(f"wrote {pred.n_obs} predicted cells in {n_blocks} conditions to {out}")
     except CondMongeError as exc:
@@ -187,18 +226,27 @@ def predict(
 
 @app.command()
 def split(
-    data: Annotated[Path, typer.Argument(help="Data to split (.h5ad).")],
-    out: Annotated[Path, typer.Option("--out", help="The data with the split column (.h5ad).")],
+    data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[
+        Path, typer.Option("--out", help="The data with the split column (format of the suffix).")
+    ],
     kind: Annotated[
         str,
         typer.Option(
-            help="random | condition | perturbation | dose | combination | cell_type | kfold."
+            help="random | condition | perturbation | dose | combination | cell_type | kfold | "
+            "covariate (held-out values of --covariate-key, e.g. a time point)."
         ),
     ] = "random",
     condition_key: Annotated[str, typer.Option(help="obs column of conditions.")] = "condition",
     control: Annotated[str, typer.Option(help="Label of control cells.")] = "control",
     dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    covariate_key: Annotated[
+        str | None, typer.Option(help="Numeric obs column held out by --kind covariate.")
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="Table feature columns: names or globs, comma-separated.")
+    ] = None,
     holdout: Annotated[
         list[str] | None,
         typer.Option(
@@ -218,19 +266,20 @@ def split(
     key_added: Annotated[str, typer.Option(help="obs column to write.")] = "split",
 ) -> None:
     """Add a train/test split column to DATA's obs and write it to --out."""
-    from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
     from condmonge.data.spec import ConditionSpec
     from condmonge.data.splits import SplitPlan, make_split, split_summary
+    from condmonge.data.tables import read_cells, write_cells
 
     try:
-        spec = ConditionSpec(condition_key, control, dose_key, cell_type_key)
+        covariates = (covariate_key,) if covariate_key else ()
+        spec = ConditionSpec(condition_key, control, dose_key, cell_type_key, covariates)
         plan = SplitPlan(
             kind, holdout or None, fraction, n_folds, fold, control_test_fraction, seed
         )
-        adata = read_h5ad(data)
+        adata = read_cells(data, spec.obs_keys, required=spec.obs_keys, features=features)
         make_split(adata, plan, spec, key_added=key_added)
         summary = split_summary(adata, key_added)
-        write_h5ad_atomic(adata, out)
+        write_cells(adata, out)
     except CondMongeError as exc:
         _fail(str(exc))
     for side, row in summary.iterrows():
@@ -247,14 +296,18 @@ def _write_text_atomic(path: Path, text: str) -> None:
     replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
-def _read_for_evaluate(path: Path, backed: bool):
-    """Read an ``.h5ad`` for ``evaluate`` (backed: cells stay on disk), one-line errors."""
+def _read_for_evaluate(path: Path, backed: bool, keys=(), features=None):
+    """Read cells for ``evaluate`` (backed ``.h5ad``: cells stay on disk), one-line errors.
+
+    Tables (``.csv``/``.tsv``/``.parquet``) and ``.zarr`` are read by
+    :func:`~condmonge.data.tables.read_cells` with the obs ``keys`` and ``features`` given.
+    """
     import anndata as ad
 
-    from condmonge.data.anndata_io import read_h5ad
+    from condmonge.data.tables import RESERVED_OBS, read_cells
 
-    if not backed:
-        return read_h5ad(path)
+    if not backed or path.suffix.lower() != ".h5ad":
+        return read_cells(path, [*keys, *RESERVED_OBS], features=features)
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
     try:
@@ -310,13 +363,14 @@ def _evaluate_record(table, predictions: dict[str, str], truth: Path) -> dict[st
             "n_conditions": len(rows),
             "coverage": table.attrs["coverage"][name],
             "aggregate": {
-                m: {"mean": _finite_or_none(rows[m].mean()),
-                    "sd": _finite_or_none(rows[m].std(ddof=0))}
+                m: {
+                    "mean": _finite_or_none(rows[m].mean()),
+                    "sd": _finite_or_none(rows[m].std(ddof=0)),
+                }
                 for m in metrics
             },  # fmt: skip
             "per_condition": {
-                key: {m: _finite_or_none(row[m]) for m in metrics}
-                for key, row in rows.iterrows()
+                key: {m: _finite_or_none(row[m]) for m in metrics} for key, row in rows.iterrows()
             },
         }
     first = methods[next(iter(predictions))]
@@ -339,11 +393,23 @@ def _score_files(paths, truth_path, given, train, backed, **options):
     from condmonge.config import DataConfig
     from condmonge.evaluate.scoring import baseline_predictions, score_predictions
 
-    predictions = {name: _read_for_evaluate(p, backed) for name, p in paths.items()}
-    observed = _read_for_evaluate(truth_path, backed)
+    pred_keys = [v for k, v in given.items() if k != "control" and isinstance(v, str)]
+    pred_keys += list(given.get("covariate_keys") or ())
+    predictions = {name: _read_for_evaluate(p, backed, pred_keys) for name, p in paths.items()}
     stored = _stored_data_config(predictions)
     keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
     cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
+    obs_keys = [k for k in cfg.spec.obs_keys if k]
+    # A table prediction read before the keys were known: its key columns are not features.
+    predictions = {
+        name: pred[:, [v for v in pred.var_names if v not in obs_keys]]
+        if "condmonge_table" in pred.uns
+        else pred
+        for name, pred in predictions.items()
+    }
+    first = next(iter(predictions.values()), None)
+    names = None if first is None else [str(v) for v in first.var_names]
+    observed = _read_for_evaluate(truth_path, backed, obs_keys, names)
     if train is not None:
         query = observed.to_memory() if backed else observed
         fitted = baseline_predictions(_read_for_evaluate(train, False), query, cfg)
@@ -369,6 +435,10 @@ def evaluate(
     control: Annotated[str | None, typer.Option(help="Label of control cells.")] = None,
     dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
+    covariate_key: Annotated[
+        list[str] | None,
+        typer.Option(help="Numeric covariate columns (default: the model's). Repeatable."),
+    ] = None,
     baselines: Annotated[
         bool, typer.Option(help="Also score identity, mean-shift and additive (needs --train).")
     ] = False,
@@ -403,7 +473,8 @@ def evaluate(
         if not paths and not baselines:
             raise DataError("nothing to score: give PRED, --pred NAME=FILE or --baselines")
         given = {"condition_key": condition_key, "control": control, "dose_key": dose_key,
-                 "cell_type_key": cell_type_key}  # fmt: skip
+                 "cell_type_key": cell_type_key,
+                 "covariate_keys": tuple(covariate_key) if covariate_key else None}  # fmt: skip
         table, paths, _ = _score_files(
             paths, truth_path, given, train if baselines else None, backed,
             max_cells=max_cells, distributions=distributions,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from condmonge.data.spec import ConditionSpec
 from condmonge.errors import ConfigError
@@ -95,6 +95,10 @@ class DataConfig(_Strict):
     dose_key: str | None = None
     cell_type_key: str | None = None
     covariate_keys: tuple[str, ...] = ()
+    # How each numeric covariate enters the condition (default linear), and an optional value
+    # at which the map is the identity (as at dose 0), e.g. {"time": "log1p"}, {"time": 0}.
+    covariate_transforms: dict[str, Literal["linear", "log1p"]] = {}
+    covariate_neutral: dict[str, float] = {}
     combination_sep: str = "+"
     use_rep: str | None = Field(
         default=None, description="obsm key to train on (e.g. 'X_pca'); None uses X."
@@ -106,6 +110,29 @@ class DataConfig(_Strict):
         "predictions are returned in gene space",
     )
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
+    # What X measures: the raw-count / log checks apply to rna only; "auto" detects it
+    # (condmonge.data.anndata_io.detect_modality) and the fitted model stores the result.
+    modality: Literal["auto", "rna", "protein", "generic"] = "auto"
+    standardize: bool | None = Field(
+        default=None,
+        description="z-score every feature with the mean and sd of the training controls "
+        "before training (predictions are returned on the original scale); None: on for "
+        "protein data, off otherwise",
+    )
+    features: tuple[str, ...] = Field(
+        default=(), description="table inputs: feature columns (names or globs); () = numeric"
+    )
+
+    @model_validator(mode="after")
+    def _covariates_are_declared(self) -> DataConfig:
+        for field in ("covariate_transforms", "covariate_neutral"):
+            unknown = set(getattr(self, field)) - set(self.covariate_keys)
+            if unknown:
+                raise ValueError(
+                    f"{field} names {sorted(unknown)}, which are not covariate_keys "
+                    f"{list(self.covariate_keys)}; add them to covariate_keys (--covariate-key)"
+                )
+        return self
 
     @property
     def spec(self) -> ConditionSpec:

@@ -24,6 +24,7 @@ from condmonge.conditions.query import Query, resolve_query
 from condmonge.config import Config, config_from_dict
 from condmonge.data.predictions import assemble_prediction, control_rows, query_features
 from condmonge.data.spec import Condition, ConditionSpec
+from condmonge.data.tables import as_anndata
 from condmonge.errors import ConfigError, NotFittedError, UnknownConditionError
 from condmonge.evaluate.evaluation import evaluate_prediction, truth_sets
 from condmonge.models.transport import BatchedTransport
@@ -155,6 +156,10 @@ class ConditionalMonge:
             {f"data.{k}": v for k, v in spec.to_dict().items()}
         )
         run = {k: options[k] for k in _RUN_OPTIONS if k in options}
+        d = self.config.data  # a one-row-per-cell DataFrame is read as a table
+        adata = as_anndata(
+            adata, d.spec.obs_keys, required=[d.condition_key], features=d.features or None
+        )
         self.trained = fit_map(adata, self.config, embeddings=embeddings, holdout=holdout, **run)
         self._transport = None
         return self
@@ -198,7 +203,11 @@ class ConditionalMonge:
         trained = self._check_fitted()
         if self._transport is None:
             self._transport = BatchedTransport(
-                trained.module(), trained.params, trained.constants, trained.projection
+                trained.module(),
+                trained.params,
+                trained.constants,
+                trained.projection,
+                trained.standardizer,
             )
         return self._transport
 
@@ -229,7 +238,10 @@ class ConditionalMonge:
         """
         trained = self._check_fitted()
         spec = self.spec
-        x = query_features(adata, trained.feature_names, spec)
+        names = None if spec.use_rep else trained.feature_names
+        adata = as_anndata(adata, spec.obs_keys, features=names)
+        rna = trained.config.data.modality != "protein"  # no count / log checks on intensities
+        x = query_features(adata, trained.feature_names, spec, check_expression_values=rna)
         is_control, types = control_rows(adata, spec)
         available = sorted({str(t) for t in types[is_control]}) if spec.cell_type_key else []
         query = self.query_conditions(

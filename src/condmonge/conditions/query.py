@@ -91,6 +91,11 @@ def _label_condition(
         raise UnknownConditionError(
             f"'{label}' is the control label; the map of the control is the identity"
         )
+    if spec.covariate_keys:
+        raise UnknownConditionError(
+            f"the model conditions on the covariate(s) {', '.join(spec.covariate_keys)}; give "
+            "the conditions as a query table with a column for each (--query)"
+        )
     return make_condition(label, dose, cell_type, (), spec.combination_sep)
 
 
@@ -105,7 +110,7 @@ def _row_condition(row: pd.Series, index: object, spec: ConditionSpec) -> Condit
         if spec.cell_type_key not in row:
             raise DataError(f"the query table has no column '{spec.cell_type_key}'")
         cell_type = str(row[spec.cell_type_key])
-    covariates = tuple(float(row[k]) for k in spec.covariate_keys)
+    covariates = tuple(_covariate(row, key, index) for key in spec.covariate_keys)
     dose = row[spec.dose_key] if spec.dose_key and spec.dose_key in row else None
     if spec.dose_key and dose is None:
         raise DataError(f"the query table has no column '{spec.dose_key}'")
@@ -117,3 +122,19 @@ def _row_condition(row: pd.Series, index: object, spec: ConditionSpec) -> Condit
         spec.combination_sep,
         where=f"query row {index}",
     )
+
+
+def _covariate(row: pd.Series, key: str, index: object) -> float:
+    """The query row's value of covariate ``key``; missing or non-numeric is an error."""
+    if key not in row:
+        raise DataError(
+            f"the query table has no column '{key}', a covariate of the model; add it (one "
+            f"value per row, e.g. {key}=48)"
+        )
+    try:
+        return float(row[key])
+    except (TypeError, ValueError):
+        raise DataError(
+            f"the query table's covariate '{key}' is not a number at row {index} "
+            f"('{row[key]}'); give numbers (e.g. 48 for 48 h)"
+        ) from None

@@ -10,6 +10,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -21,11 +22,17 @@ from condmonge.errors import DataError, DataWarning, suggest
 from condmonge.files import replace_atomically
 
 __all__ = [
+    "MODALITIES",
+    "PROTEIN_MAX_FEATURES",
     "RAW_COUNT_MAX",
+    "Standardizer",
     "align_features",
     "check_expression",
+    "check_features",
+    "detect_modality",
     "feature_matrix",
     "feature_names",
+    "fit_standardizer",
     "read_h5ad",
     "require_unique_names",
     "validate_adata",
@@ -35,6 +42,11 @@ __all__ = [
 # Integer-valued, non-negative X whose largest value exceeds this is taken for raw counts:
 # log1p of library-size-normalised counts (target 1e4) stays below ~12.
 RAW_COUNT_MAX = 50.0
+#: What ``X`` can measure (``data.modality``; ``"auto"`` detects one of them).
+MODALITIES = ("rna", "protein", "generic")
+# Dense X with at most this many features is taken for a protein / imaging panel (4i, CODEX,
+# CyTOF: tens of markers and morphology features); transcriptomes have hundreds or more genes.
+PROTEIN_MAX_FEATURES = 200
 
 
 def read_h5ad(path: str | Path) -> ad.AnnData:
@@ -73,9 +85,100 @@ def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool 
             "computes its own PCA of X"
         )
     x = adata.X if cfg.use_rep is None else feature_matrix(adata, cfg.use_rep)
-    _check_finite(x, cfg.use_rep)
-    if cfg.use_rep is None:
+    modality = detect_modality(adata, cfg)
+    if modality != "rna" and x is not None and not sp.issparse(x):
+        where = "adata.X" if cfg.use_rep is None else f"adata.obsm['{cfg.use_rep}']"
+        check_features(np.asarray(x), feature_names(adata, cfg.use_rep), where)
+    _check_finite(x, cfg.use_rep, [str(v) for v in adata.var_names] if cfg.use_rep is None else ())
+    if cfg.use_rep is None and modality == "rna":
         check_expression(x)
+
+
+def detect_modality(adata: ad.AnnData, cfg: DataConfig) -> str:
+    """``cfg.modality``, or for ``"auto"`` what ``adata`` looks like.
+
+    In order: ``uns['modality']`` when it names one; ``generic`` for a representation
+    (``use_rep``); ``rna`` when X is sparse, has more than :data:`PROTEIN_MAX_FEATURES`
+    features, is integer-valued (counts) or ``uns`` records a ``log1p``; ``protein`` for a
+    small dense panel read from a table (``uns['condmonge_table']``, set by
+    :mod:`condmonge.data.tables`), as a 4i or other imaging export; ``generic`` for other
+    dense data with negative (scaled) values; ``rna`` otherwise, so that the count and log
+    checks still guard small expression matrices.
+    """
+    if cfg.modality != "auto":
+        return cfg.modality
+    if adata.uns.get("modality") in MODALITIES:
+        return str(adata.uns["modality"])
+    if cfg.use_rep is not None:
+        return "generic"
+    x = adata.X
+    if x is None or sp.issparse(x) or "log1p" in adata.uns or adata.n_vars > PROTEIN_MAX_FEATURES:
+        return "rna"
+    values = np.asarray(x).reshape(-1)
+    if values.size == 0 or _is_integer_valued(values):
+        return "rna"
+    if "condmonge_table" in adata.uns:
+        return "protein"
+    return "generic" if values.min() < 0 else "rna"
+
+
+def check_features(x: np.ndarray, names: Sequence[str], where: str = "adata.X") -> None:
+    """Name all-NaN features (:class:`DataError`) and constant ones (:class:`DataWarning`).
+
+    Args:
+      x: ``[n_cells, d]`` dense features; names: their ``d`` names.
+    """
+    finite = np.isfinite(x)
+    empty = np.flatnonzero(~finite.any(axis=0))
+    if empty.size:
+        shown = ", ".join(f"'{names[j]}'" for j in empty[:5])
+        raise DataError(
+            f"{where} has {empty.size} feature(s) with no finite value ({shown}); drop those "
+            "features (columns) before training"
+        )
+    with np.errstate(invalid="ignore"):
+        spread = np.nanmax(np.where(finite, x, np.nan), axis=0) - np.nanmin(
+            np.where(finite, x, np.nan), axis=0
+        )
+    constant = np.flatnonzero(spread == 0)
+    if constant.size:
+        shown = ", ".join(f"'{names[j]}'" for j in constant[:5])
+        warnings.warn(
+            f"{where} has {constant.size} constant feature(s) ({shown}); they carry no signal "
+            "and are left unscaled: drop them to silence this warning",
+            DataWarning,
+            stacklevel=3,
+        )
+
+
+class Standardizer(NamedTuple):
+    r"""Per-feature z-scoring :math:`z = (x - \mu) / \sigma`, fitted on training controls.
+
+    Attributes:
+      mean: ``[d]`` :math:`\mu`; scale: ``[d]`` :math:`\sigma` (1 for constant features).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """``[n, d]`` features -> standardised ``[n, d]`` (float32)."""
+        return ((np.asarray(x, np.float32) - self.mean) / self.scale).astype(np.float32)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Standardised ``[n, d]`` -> the original scale (float32)."""
+        return (np.asarray(z, np.float32) * self.scale + self.mean).astype(np.float32)
+
+
+def fit_standardizer(x: np.ndarray, rows: np.ndarray) -> Standardizer:
+    """Mean and sd of ``x[rows]`` (``x [n, d]``, ``rows`` the training control cells)."""
+    fit = np.asarray(x[rows], np.float64)
+    if fit.shape[0] == 0:
+        raise DataError("feature standardisation needs control cells in the training data")
+    sd = fit.std(axis=0)
+    return Standardizer(
+        fit.mean(axis=0).astype(np.float32), np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
+    )
 
 
 def require_unique_names(names: pd.Index, where: str, fix: str) -> None:
@@ -163,20 +266,26 @@ def _is_integer_valued(values: np.ndarray) -> bool:
     )
 
 
-def _check_finite(x, use_rep: str | None) -> None:
+def _check_finite(x, use_rep: str | None, names: Sequence[str] = ()) -> None:
     """Raise on NaN/inf; sparse matrices are checked on their stored values, without a copy."""
     if x is None:
         return
+    column = None
     if sp.issparse(x):
         coo = x.tocoo()
         rows = np.unique(coo.row[~np.isfinite(coo.data)])
     else:
-        rows = np.flatnonzero(~np.isfinite(np.asarray(x)).all(axis=1))
+        bad = ~np.isfinite(np.asarray(x))
+        rows = np.flatnonzero(bad.any(axis=1))
+        column = int(np.flatnonzero(bad.any(axis=0))[0]) if rows.size else None
     if rows.size:
         where = "adata.X" if use_rep is None else f"adata.obsm['{use_rep}']"
+        feature = ""
+        if column is not None:
+            feature = f" in feature {names[column]!r}" if names else f" in column {column}"
         raise DataError(
-            f"{where} contains NaN or inf in {rows.size} cells (first at row {rows[0]}); remove "
-            "or impute them before training"
+            f"{where} contains NaN or inf in {rows.size} cells (first at row {rows[0]}){feature}; "
+            "remove or impute them before training"
         )
 
 

@@ -26,18 +26,25 @@ __all__ = [
 ]
 
 
-def query_features(adata: ad.AnnData, names: Sequence[str], spec: ConditionSpec) -> np.ndarray:
+def query_features(
+    adata: ad.AnnData,
+    names: Sequence[str],
+    spec: ConditionSpec,
+    *,
+    check_expression_values: bool = True,
+) -> np.ndarray:
     """``[n_obs, d]`` features of a query in the model's order ``names``, checked.
 
     Args:
       adata: the query cells.
       names: ``[d]`` the model's genes (matched by name) or ``obsm`` columns.
       spec: its ``use_rep`` says where the features are.
+      check_expression_values: run the raw-count / log checks (RNA models only).
     """
     x = align_features(adata, names, spec.use_rep)
     if not np.isfinite(x).all():
         raise DataError("the query's features contain NaN or inf; remove those cells")
-    if spec.use_rep is None:
+    if spec.use_rep is None and check_expression_values:
         check_expression(x, "the query's adata.X")
     require_unique_names(adata.obs_names, "the query's adata.obs_names", "obs_names_make_unique")
     return x

@@ -134,7 +134,10 @@ class ConditionSpec:
                 )
         for key in self.covariate_keys:
             if not pd.api.types.is_numeric_dtype(obs[key]):
-                raise DataError(f"adata.obs['{key}'] is a covariate and must be numeric")
+                raise DataError(
+                    f"adata.obs['{key}'] is a covariate and must be numeric (e.g. 24, not "
+                    f"'24h'); convert it with pd.to_numeric or drop '{key}' from covariate_keys"
+                )
 
     def _check_labels(self, labels: pd.Series) -> pd.Series:
         where = f"adata.obs['{self.condition_key}']"

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 SplitKind = Literal[
-    "random", "condition", "perturbation", "dose", "combination", "cell_type", "kfold"
+    "random", "condition", "perturbation", "dose", "combination", "cell_type", "kfold", "covariate"
 ]
 SPLIT_KINDS: tuple[str, ...] = (
     "random",
@@ -64,6 +64,7 @@ SPLIT_KINDS: tuple[str, ...] = (
     "combination",
     "cell_type",
     "kfold",
+    "covariate",
 )
 _SIDES = ["train", "test"]
 
@@ -101,7 +102,7 @@ class SplitPlan:
             raise ConfigError(
                 f"a '{self.kind}' split takes no holdout; drop it (or use another kind)"
             )
-        if self.kind in ("dose", "kfold") and self.fraction is not None:
+        if self.kind in ("dose", "kfold", "covariate") and self.fraction is not None:
             raise ConfigError(f"a '{self.kind}' split takes no fraction; drop it")
 
     @property
@@ -132,6 +133,8 @@ class SplitPlan:
             record["fraction"] = float(self.fraction)
         if self.kind == "kfold":
             record.update(n_folds=int(self.n_folds), fold=int(self.fold))
+        if self.kind == "covariate" and spec.covariate_keys:
+            record["covariate_key"] = spec.covariate_keys[0]
         if self.holdout_items():
             record["holdout"] = [str(h) for h in self.holdout_items()]
         return record
@@ -486,6 +489,33 @@ def _cell_type_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
     return np.isin(cells.cell_type.astype(str), names) & ~cells.is_control
 
 
+def _covariate_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    """Treated cells at held-out values of the first covariate (e.g. a time point) go to test.
+
+    ``holdout`` lists the values (``[48]``); ``None`` holds out the largest (extrapolation).
+    """
+    if not cells.spec.covariate_keys:
+        raise DataError(
+            "a covariate split needs the covariate column: set covariate_keys (--covariate-key)"
+        )
+    key = cells.spec.covariate_keys[0]
+    present = sorted({c.covariates[0] for c in cells.conditions})
+    wanted = []
+    for item in plan.holdout_items() or [present[-1]]:
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"held-out covariate value {item!r} is not a number") from None
+        if not any(math.isclose(value, p) for p in present):
+            raise UnknownConditionError(
+                f"value {value:g} does not occur in adata.obs['{key}'] for treated cells; "
+                f"values there: {', '.join(f'{p:g}' for p in present)}"
+            )
+        wanted.append(value)
+    held = [any(math.isclose(c.covariates[0], w) for w in wanted) for c in cells.conditions]
+    return cells.cells_of(np.array(held, bool))
+
+
 _TEST_SIDE = {
     "random": _random_test,
     "condition": _condition_test,
@@ -494,6 +524,7 @@ _TEST_SIDE = {
     "combination": _combination_test,
     "cell_type": _cell_type_test,
     "kfold": _kfold_test,
+    "covariate": _covariate_test,
 }
 
 #: The obs column each kind cannot do without.
@@ -520,7 +551,8 @@ def make_split(
       adata: cells with the obs columns that ``spec`` names (``X`` is not read).
       kind: a :class:`SplitPlan`, or its ``kind``: ``"random"`` (stratified by condition),
         ``"condition"``, ``"perturbation"``, ``"dose"``, ``"combination"``, ``"cell_type"`` or
-        ``"kfold"`` (see the module docstring and the functions of the same names).
+        ``"kfold"`` (see the module docstring and the functions of the same names), or
+        ``"covariate"``: held-out values of the spec's first covariate (e.g. a time point).
       spec: the meaning of ``adata.obs``; ``None`` is the default spec (``condition`` /
         ``control``).
       key_added: the obs column to write (categorical ``train``/``test``); ``None`` writes

@@ -6,6 +6,7 @@ from importlib import resources
 
 import anndata as ad
 
+from condmonge.datasets.fouri_like import FouriLikeTask, fouri_like, fouri_smiles
 from condmonge.datasets.sciplex_like import SciplexLikeTask, sciplex_like
 from condmonge.datasets.synthetic import AffineTask, ConvexTask, convex_task, spd_affine_task
 from condmonge.evaluate.metrics import l2_uvp  # scores the tasks' known maps; kept here too
@@ -13,8 +14,11 @@ from condmonge.evaluate.metrics import l2_uvp  # scores the tasks' known maps; k
 __all__ = [
     "AffineTask",
     "ConvexTask",
+    "FouriLikeTask",
     "SciplexLikeTask",
     "convex_task",
+    "fouri_like",
+    "fouri_smiles",
     "l2_uvp",
     "norman_mcfaline",
     "sciplex_like",

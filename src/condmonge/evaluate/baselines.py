@@ -16,7 +16,7 @@ treated cells. With :math:`\bar y_c - \bar x_{ct}` the observed mean shift of tr
 Condition features :math:`\phi(c)` are built from an embedding table when one is given (z-scored
 with the training perturbations' statistics) or a one-hot over training perturbations:
 :math:`\phi(c) = [\sum_p e_p,\ \sum_p e_p \log_{10}(1+d_p),\ \overline{\log_{10}(1+d)},\
-\mathrm{onehot}(\text{cell type})]`.
+\mathrm{onehot}(\text{cell type}),\ \text{covariates}]`.
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ class _ConditionFeatures:
                 np.sum([v * d for v, d in zip(vectors, doses, strict=True)], 0),
                 [doses.mean()],
                 ct,
+                np.asarray(c.covariates, np.float64),  # e.g. time: nearest / regressed
             ]
         )
 

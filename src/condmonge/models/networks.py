@@ -83,6 +83,11 @@ class ConditionalResidualMap(nn.Module):
     With ``dose_gate`` the residual is scaled by
     :math:`g(c) = \tanh\big(\operatorname{softplus}(a) \sum_j \log_{10}(1 + \text{dose}_j)\big)`
     (learned :math:`a`), so that a condition whose doses are all 0 maps every cell to itself.
+
+    ``covariate_neutral`` gives, for each covariate (the last context columns), its neutral
+    value :math:`u_j^0` on the context scale or ``None``; each covariate with one gates the
+    residual by :math:`\tanh\big(\operatorname{softplus}(b_j)\,|u_j - u_j^0|\big)`, so the
+    map is the identity at the neutral value (e.g. time 0).
     """
 
     n_features: int
@@ -92,6 +97,7 @@ class ConditionalResidualMap(nn.Module):
     perturbation_hidden_dim: int = 64
     pooling: str = "sum"
     dose_gate: bool = False
+    covariate_neutral: tuple[float | None, ...] = ()
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -116,15 +122,25 @@ class ConditionalResidualMap(nn.Module):
             # softplus(0.5413) = 1: the gate starts as tanh(total log-dose).
             a = self.param("dose_gate", nn.initializers.constant(0.5413), ())
             delta = delta * jnp.tanh(nn.softplus(a) * total_dose)
+        first = condition.context.shape[-1] - len(self.covariate_neutral)
+        for j, neutral in enumerate(self.covariate_neutral):
+            if neutral is not None:
+                gap = jnp.abs(condition.context[first + j] - neutral)
+                b = self.param(f"covariate_gate_{j}", nn.initializers.constant(0.5413), ())
+                delta = delta * jnp.tanh(nn.softplus(b) * gap)
         return x + delta
 
 
-def network_from_config(config: Config, n_features: int) -> ConditionalResidualMap:
+def network_from_config(
+    config: Config, n_features: int, covariate_neutral: tuple[float | None, ...] = ()
+) -> ConditionalResidualMap:
     """The map of a run: ``config.model`` sizes, dose gate and precision, on ``n_features``.
 
     Args:
       config: the run's configuration (``model``, ``data.dose_key``, ``train.precision``).
       n_features: ``d``, the width of the cells the map acts on (genes or PCA coordinates).
+      covariate_neutral: per covariate its neutral value on the context scale, or ``None``
+        (:meth:`~condmonge.conditions.encoding.ConditionEncoder.neutral_features`).
     """
     m = config.model
     return ConditionalResidualMap(
@@ -135,5 +151,6 @@ def network_from_config(config: Config, n_features: int) -> ConditionalResidualM
         perturbation_hidden_dim=m.perturbation_hidden_dim,
         pooling=m.pooling,
         dose_gate=m.dose_gate if m.dose_gate is not None else config.data.dose_key is not None,
+        covariate_neutral=tuple(covariate_neutral),
         dtype=jnp.bfloat16 if config.train.precision == "bfloat16" else jnp.float32,
     )

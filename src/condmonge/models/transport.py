@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from condmonge.conditions.encoding import EncodedConditions
+from condmonge.data.anndata_io import Standardizer
 from condmonge.data.pca import Projection
 
 __all__ = ["CONDITION_BLOCK", "ROWS_PER_CALL", "BatchedTransport"]
@@ -45,6 +46,7 @@ class BatchedTransport:
         condition (arrays without the leading ``k`` axis).
       params, constants: its variables.
       projection: the PCA the map was trained in, or ``None`` (the map acts on ``x``).
+      standardizer: the z-scoring applied before the map and undone after it, or ``None``.
 
     Attributes:
       n_traces: how many times the apply has been traced (compiled) so far.
@@ -56,9 +58,11 @@ class BatchedTransport:
         params: Any,
         constants: Any,
         projection: Projection | None = None,
+        standardizer: Standardizer | None = None,
     ):
         self.variables = {"params": params, "constants": constants}
         self.projection = projection
+        self.standardizer = standardizer
         self.n_traces = 0
 
         def apply(variables, x, conditions):
@@ -75,6 +79,13 @@ class BatchedTransport:
           conditions: ``k`` encoded conditions (leading axis ``k``).
         """
         x = np.asarray(x, np.float32)
+        if self.standardizer is not None:  # the map acts on z-scored features
+            return self.standardizer.decode(
+                self._unstandardized(self.standardizer.encode(x), conditions)
+            )
+        return self._unstandardized(x, conditions)
+
+    def _unstandardized(self, x: np.ndarray, conditions: EncodedConditions) -> np.ndarray:
         if self.projection is None:
             return self._latent(x, conditions)
         z = self.projection.encode(x)

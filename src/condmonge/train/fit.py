@@ -21,7 +21,14 @@ import numpy as np
 
 from condmonge.conditions.encoding import Embeddings, EncodedConditions, build_encoder
 from condmonge.config import Config
-from condmonge.data.anndata_io import feature_matrix, feature_names, validate_adata
+from condmonge.data.anndata_io import (
+    Standardizer,
+    detect_modality,
+    feature_matrix,
+    feature_names,
+    fit_standardizer,
+    validate_adata,
+)
 from condmonge.data.backed import fit_backed_projection, obs_only
 from condmonge.data.pca import Projection, fit_pca
 from condmonge.data.prepare import (
@@ -55,6 +62,7 @@ class _Prepared(NamedTuple):
     train_ids: list[int]
     feature_names: list[str]
     projection: Projection | None
+    standardizer: Standardizer | None
     features: np.ndarray  # [N, p] every cell, in the space the map acts in
     train_pools: CellPools
     val_pools: CellPools
@@ -84,10 +92,15 @@ def fit_map(
     Returns:
       The trained map; its ``params`` are those with the best validation loss.
     """
+    if not adata.isbacked:  # stored, so that predictions run the checks of this modality
+        config = config.updated({"data.modality": detect_modality(adata, config.data)})
     data = _prepare(adata, config, holdout)
     conditions = [data.cells.conditions[i] for i in data.train_ids]
     types = [str(t) for t in data.cells.cell_type_of_cell]
-    encoder = build_encoder(conditions, types, config.data.spec, embeddings)
+    d = config.data
+    encoder = build_encoder(
+        conditions, types, d.spec, embeddings, d.covariate_transforms, d.covariate_neutral
+    )
     encoded = jax.tree.map(jnp.asarray, encoder.encode(conditions))
     trained = TrainedMap(
         config=config,
@@ -98,6 +111,7 @@ def fit_map(
         projection=data.projection,
         params=None,
         constants=None,
+        standardizer=data.standardizer,
     )
     module = trained.module()
     optimizer = make_optimizer(config.train)
@@ -133,11 +147,15 @@ def _prepare(adata: ad.AnnData, config: Config, holdout: Sequence[str]) -> _Prep
     _warn_small_conditions(cells, train_ids, config.train.cells_per_condition)
     # PCA fitted on controls and training conditions only: held-out cells stay unseen.
     in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)
-    projection = None
+    projection, standardizer = None, None
     if backed:  # X stays on disk: two streaming passes (see condmonge.data.backed)
         projection, features = fit_backed_projection(adata, d.n_pca, in_training)
     else:
         features = feature_matrix(adata, d.use_rep)
+        if d.standardize or (d.standardize is None and d.modality == "protein"):
+            # Fitted on training controls: no treated (nor held-out) cell moves the scale.
+            standardizer = fit_standardizer(features, cells.is_control)
+            features = standardizer.encode(features)
         if d.n_pca is not None:
             projection = fit_pca(features[in_training], d.n_pca)
             features = projection.encode(features)
@@ -149,6 +167,7 @@ def _prepare(adata: ad.AnnData, config: Config, holdout: Sequence[str]) -> _Prep
         train_ids,
         feature_names(adata, d.use_rep),
         projection,
+        standardizer,
         features,
         jax.tree.map(jnp.asarray, train_pools),
         jax.tree.map(jnp.asarray, val_pools),

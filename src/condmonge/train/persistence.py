@@ -21,7 +21,7 @@ import numpy as np
 
 from condmonge.conditions.encoding import ConditionEncoder
 from condmonge.config import Config, config_from_dict
-from condmonge.data.anndata_io import align_features
+from condmonge.data.anndata_io import Standardizer, align_features
 from condmonge.data.pca import Projection
 from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.errors import CheckpointError
@@ -44,6 +44,8 @@ class TrainedMap:
       holdout: the condition labels or keys held out of training.
       encoder: turns conditions into network inputs.
       projection: the PCA the map acts in, or ``None``.
+      standardizer: the per-feature z-scoring (fitted on training controls) applied before
+        the map (and undone after it), or ``None``.
       params, constants: the network's variables (the best validation parameters).
       state, loop: the last training state and early-stopping state (``None`` after a load
         of a file without them); saved so that training can resume exactly.
@@ -61,6 +63,7 @@ class TrainedMap:
     state: TrainState | None = None
     loop: TrainLoopState | None = None
     n_traces: int = field(default=0, compare=False)
+    standardizer: Standardizer | None = None
 
     @property
     def spec(self) -> ConditionSpec:
@@ -74,7 +77,7 @@ class TrainedMap:
             if self.projection is None
             else self.projection.components.shape[1]
         )
-        return network_from_config(self.config, width)
+        return network_from_config(self.config, width, self.encoder.neutral_features())
 
 
 def save_trained(path: str | Path, trained: TrainedMap) -> Path:
@@ -92,6 +95,9 @@ def save_trained(path: str | Path, trained: TrainedMap) -> Path:
     if trained.projection is not None:
         arrays["projection/mean"] = trained.projection.mean
         arrays["projection/components"] = trained.projection.components
+    if trained.standardizer is not None:
+        arrays["standardize/mean"] = trained.standardizer.mean
+        arrays["standardize/scale"] = trained.standardizer.scale
     meta: dict[str, Any] = {
         "config": trained.config.model_dump(mode="json"),
         "spec": trained.spec.to_dict(),
@@ -159,6 +165,9 @@ def _from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source
     projection = None
     if "projection/components" in arrays:
         projection = Projection(arrays["projection/mean"], arrays["projection/components"])
+    standardizer = None
+    if "standardize/mean" in arrays:
+        standardizer = Standardizer(arrays["standardize/mean"], arrays["standardize/scale"])
     return TrainedMap(
         config=config,
         feature_names=list(meta["feature_names"]),
@@ -168,6 +177,7 @@ def _from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source
         projection=projection,
         params=None,
         constants=None,
+        standardizer=standardizer,
     )
 
 
