@@ -98,7 +98,7 @@ def _smiles_table(spec: Any, control: str | None, fit_names: list[str]) -> Any:
     return spec.load(fit_names=fit_names, control=control)
 
 
-def select_side(adata: ad.AnnData, split_key: str | None, side: str, explicit: bool) -> ad.AnnData:
+def select_side(adata: ad.AnnData, split_key: str, explicit: bool, side: str) -> ad.AnnData:
     """The cells of ``adata`` with ``obs[split_key] == side`` (``"train"`` or ``"test"``).
 
     Without the column: every cell when the key is the default, an error when it was given.
@@ -148,7 +148,7 @@ def train(
     cfg = cfg.updated(_overrides(n_pca, latent))
     control = fit_args["control"] if fit_args["control"] is not None else cfg.data.control
     tables = embeddings(embedding, control)
-    adata = select_side(read_h5ad(data), *split_key, side="train")
+    adata = select_side(read_h5ad(data), *split_key, "train")
     if adata.n_vars == 0 and cfg.data.use_rep is None:
         raise DataError(f"'{data}' has no genes (adata.n_vars == 0); train on a matrix with genes")
     model = ConditionalMonge(cfg).fit(adata, **fit_args, embeddings=tables, checkpoint_dir=out)
@@ -281,7 +281,7 @@ def predict(
     d = model.config.data
     _check_flags(model, dose, cell_type)
     full = read_h5ad(data)
-    adata = select_side(full, *split_key, side="test")
+    adata = select_side(full, *split_key, "test")
     wanted: Any = None
     if query is not None:
         wanted = read_query(query, d)
