@@ -256,7 +256,7 @@ def _wall(args):
 
 
 def test_help_and_version_do_not_import_jax():
-    code = "import sys, condmonge, condmonge.cli; print('jax' in sys.modules, 'anndata' in sys.modules)"
+    code = "import sys, condmonge.cli; print('jax' in sys.modules, 'anndata' in sys.modules)"
     assert _wall(["-c", code])[1].stdout.split() == ["False", "False"]
     timings = []
     for args in (["--help"], ["--version"], ["train"], ["trian"]):
@@ -268,3 +268,54 @@ def test_help_and_version_do_not_import_jax():
     assert max(timings) < jax_import, (timings, jax_import)
     _, version = _wall(["-m", "condmonge.cli", "--version"])
     assert version.returncode == 0 and version.stdout.strip() == f"condmonge {cm.__version__}"
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+CHILD = (
+    # A shell that started the tests in the background may ignore SIGINT; put Python's back.
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = ['condmonge', *sys.argv[1:]]; import condmonge.cli as c; c.main()"
+)
+
+
+def test_ctrl_c_in_the_first_seconds_stops_with_130_and_one_line(tmp_path):
+    import signal
+
+    make_adata().write_h5ad(tmp_path / "data.h5ad")
+    args = ["train", tmp_path / "data.h5ad", "--out", tmp_path / "r", "--condition-key",
+            "condition", "--control", "control", "--steps", 100000]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)  # inside the start-up (importing JAX) or reading the data
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert (
+        stderr.strip().splitlines()[-1]
+        in {
+            "interrupted before training started; nothing was saved",
+            "interrupted (Ctrl-C)",
+        }
+        or "interrupted at step" in stderr
+    )
+    assert not (tmp_path / "r" / "model.safetensors").exists() or "at step" in stderr
+
+
+def test_ctrl_c_that_lands_in_an_unraisable_callback_is_delivered_again():
+    # JAX runs a gc callback; a Ctrl-C raised inside it used to be printed and dropped, and
+    # the run went on to the end (exit 0).
+    code = (
+        "import time, condmonge.cli_checks as c\n"
+        "c.install_interrupt_handler()\n"
+        "class D:\n    def __del__(self): raise KeyboardInterrupt\n"
+        "try:\n    D(); time.sleep(5); print('swallowed')\n"
+        "except KeyboardInterrupt:\n    print('delivered')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "delivered" and result.stderr == ""

@@ -453,9 +453,10 @@ def _bug(command: str) -> None:
     except OSError:
         where = "no traceback log could be written"
     what = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    name = f"condmonge {command}".strip()
     typer.echo(
-        f"error: `{' '.join(['condmonge', command]).strip()}` failed unexpectedly ({what}); this is a bug in condmonge, "
-        f"please report it; {where}",
+        f"error: `{name}` failed unexpectedly ({what}); this is a bug in condmonge, please "
+        f"report it; {where}",
         err=True,
     )
     sys.exit(1)
