@@ -12,8 +12,10 @@ Start-up is fast: this module imports only typer and the standard library, so ``
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
@@ -52,6 +54,19 @@ SPLIT_KEY_HELP = (
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn the input errors of ``command`` into ``error: <message>`` and exit code 2."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except CondMongeError as exc:
+            _fail(str(exc))
+
+    return run
 
 
 def start() -> ModuleType:
@@ -94,6 +109,7 @@ def _root(
 
 
 @app.command()
+@_one_line_errors
 def train(
     data: Annotated[Path, typer.Argument(help="Training data (.h5ad).")],
     out: Annotated[
@@ -207,6 +223,7 @@ def _train_interrupted(exc: KeyboardInterrupt, out: Path, had_checkpoint: bool) 
 
 
 @app.command()
+@_one_line_errors
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `train`.")],
     data: Annotated[Path, typer.Argument(help="Data holding control cells (.h5ad).")],
@@ -254,6 +271,7 @@ def predict(
 
 
 @app.command()
+@_one_line_errors
 def split(
     data: Annotated[Path, typer.Argument(help="Data to split (.h5ad).")],
     out: Annotated[Path, typer.Option("--out", help="The data with the split column (.h5ad).")],
@@ -399,6 +417,7 @@ def evaluate(
 
 
 @app.command()
+@_one_line_errors
 def experiment(
     config: Annotated[
         Path,
@@ -423,6 +442,7 @@ def experiment(
 
 
 @app.command()
+@_one_line_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1500,
