@@ -54,6 +54,8 @@ def ws(tmp_path_factory):
     (root / "nodose.csv").write_text("condition,cell_type\nA,k1\n")
     (root / "badtime.csv").write_text("condition,time\nA,soon\n")
     (root / "afile").write_text("not a directory")
+    make_adata(conditions=("A",)).write_h5ad(root / "onedrug.h5ad")
+    (root / "one_smiles.csv").write_text("drug,smile\nA,CCO\nB,c1ccccc1O\n")
     (root / "outdir.h5ad").mkdir()
     return root
 
@@ -153,6 +155,10 @@ CASES = [
          "has no genes"),
     Case("holdout-unknown", "train", "`--holdout` names no condition of the data",
          f"{TRAIN} --holdout ZZZ", "'ZZZ'"),
+    Case("smiles-one-drug", "train", "descriptors of SMILES with one training drug",
+         "train {ws}/onedrug.h5ad --out {tmp}/r --condition-key condition --control control "
+         "--embedding condition=smiles:{ws}/one_smiles.csv",
+         "every RDKit descriptor is constant over the training drugs"),
     Case("condition-key-wrong", "train", "`--condition-key` names no obs column",
          "train {data} --out {tmp}/r --condition-key drug --control control",
          "adata.obs has no column 'drug'"),
@@ -184,6 +190,48 @@ def test_wrong_command_line_is_one_error_line(ws, tmp_path, case):
     assert not (tmp_path / "p.h5ad").exists() and not (tmp_path / "p.csv").exists()
     RESULTS[case.id] = lines[0].removeprefix("error: ").replace(str(tmp_path), "<tmp>")
     RESULTS[case.id] = RESULTS[case.id].replace(str(ws), "<data>")
+
+
+CONFIG = (
+    "train: {steps: 6, conditions_per_step: 2, cells_per_condition: 100, validate_every: 2, "
+    "progress: false}\nmodel: {hidden_dim: 16, n_layers: 2, condition_dim: 8, "
+    "perturbation_hidden_dim: 8}\nloss: {sinkhorn_max_iterations: 20}\n"
+)
+
+
+@pytest.mark.slow
+def test_split_train_predict_on_the_split_column(ws, tmp_path):
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    result = run_cli("split", ws / "data.h5ad", "--out", tmp_path / "s.h5ad", "--kind",
+                     "condition", "--holdout", "A+B", "--dose-key", "dose", "--cell-type-key",
+                     "cell_type")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    result = run_cli("train", tmp_path / "s.h5ad", "--out", tmp_path / "r", "--condition-key",
+                     "condition", "--control", "control", "--dose-key", "dose",
+                     "--cell-type-key", "cell_type", "--config", tmp_path / "c.yaml")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # only the train side was used: A+B (held out by the split) is not a training condition
+    assert "trained 8 conditions for 6 steps" in result.stdout
+    # user-facing warnings: one line each, no source paths; solver notes are not shown
+    warned = result.stderr.strip().splitlines()
+    assert warned and all(w.startswith("warning: ") and ".py:" not in w for w in warned), warned
+    assert "fewer cells than cells_per_condition=100" in result.stderr
+    assert "Sinkhorn" not in result.stderr
+    history = (tmp_path / "r" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("step,loss") and "val_loss" in history[0]
+    assert [int(line.split(",")[0]) for line in history[1:]] == [2, 4, 6]
+    assert (tmp_path / "r" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    result = run_cli("predict", tmp_path / "r", tmp_path / "s.h5ad", "--out", tmp_path / "p.h5ad")
+    assert result.returncode == 0, result.stderr
+    import anndata as ad
+
+    split = ad.read_h5ad(tmp_path / "s.h5ad")
+    pred = ad.read_h5ad(tmp_path / "p.h5ad")
+    test = split.obs[split.obs["split"] == "test"]
+    # predicted from the test side's controls, for exactly the test side's conditions
+    assert set(pred.obs["condition"]) == {"A+B"}
+    assert set(pred.obs["source_obs_name"]) <= set(test.index[test.condition == "control"])
+    assert pred.obs["condition_id"].nunique() == 4  # A+B at 2 doses in 2 cell types
 
 
 def test_a_bug_is_one_line_naming_the_log(tmp_path):
