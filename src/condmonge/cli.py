@@ -311,7 +311,7 @@ def split(
     key_added: Annotated[str, typer.Option(help="obs column to write.")] = "split",
 ) -> None:
     """Add a train/test split column to DATA's obs and write it to --out."""
-    check_output_file(out, "--out", (".h5ad",))
+    check_output_file(out, "--out", (".h5ad",), example="split")
     summary = start().split(
         data,
         out,

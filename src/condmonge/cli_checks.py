@@ -50,13 +50,16 @@ def _check_creatable(path: Path, option: str) -> None:
         )
 
 
-def check_output_file(path: Path, option: str, suffixes: Sequence[str]) -> None:
+def check_output_file(
+    path: Path, option: str, suffixes: Sequence[str], example: str = "predictions"
+) -> None:
     """Fail now, before any work, if ``path`` cannot be written as a file of ``suffixes``.
 
     Args:
       path: the output file (it may exist: it is then replaced).
       option: the flag that named it, for the message (``"--out"``).
       suffixes: accepted suffixes, e.g. ``(".h5ad",)``.
+      example: a file name (without suffix) for the message's example.
     """
     if path.suffix.lower() not in suffixes:
         wanted = " or ".join(suffixes)
@@ -67,7 +70,7 @@ def check_output_file(path: Path, option: str, suffixes: Sequence[str]) -> None:
     if path.is_dir():
         raise DataError(
             f"{option} '{path}' is a directory; give a file name inside it, e.g. "
-            f"{option} {path / ('predictions' + suffixes[0])}"
+            f"{option} {path / (example + suffixes[0])}"
         )
     if path.exists() and not os.access(path, os.W_OK):
         raise DataError(f"{option} '{path}' exists and is not writable; choose another path")
