@@ -66,6 +66,7 @@ def test_unseen_perturbation_with_embedding_table():
     assert np.isfinite(pred.X).all()
 
 
+@pytest.mark.slow
 def test_same_seed_same_parameters_and_different_seed_differs(adata):
     def params(seed):
         model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control", seed=seed)
@@ -112,6 +113,7 @@ def test_truncated_and_foreign_checkpoints(adata, tmp_path):
         cm.ConditionalMonge.load(tmp_path / "other")
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_requested_steps(adata, tmp_path):
     cfg = tiny_config(**{"train.steps": 4, "train.checkpoint_every": 2})
     cm.ConditionalMonge(cfg).fit(adata, "condition", "control", checkpoint_dir=tmp_path)
@@ -122,6 +124,7 @@ def test_resume_continues_to_the_requested_steps(adata, tmp_path):
     assert [h["step"] for h in resumed.history.to_dict("records")][-1] == 8
 
 
+@pytest.mark.slow
 def test_pca_latent_training_round_trip(adata, tmp_path):
     model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 3})).fit(
         adata, "condition", "control", holdout=["A+B"]
@@ -144,6 +147,7 @@ def test_pca_latent_training_round_trip(adata, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_pca_is_fitted_without_held_out_cells(adata):
     model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 2})).fit(
         adata, "condition", "control", holdout=["A+B"]
@@ -156,6 +160,7 @@ def test_pca_is_fitted_without_held_out_cells(adata):
     )
 
 
+@pytest.mark.slow
 def test_predict_all_training_conditions_of_available_cell_types():
     data = make_adata(cell_types=["k1", "k2"])
     model = cm.ConditionalMonge(tiny_config()).fit(

@@ -69,6 +69,7 @@ def test_train_writes_checkpoint_and_config(workspace):
     assert saved["train"]["cells_per_condition"] == 16  # YAML overrides defaults
 
 
+@pytest.mark.slow
 def test_predict_conditions_and_query(workspace):
     out = workspace / "pred.h5ad"
     result = run_cli(
@@ -148,6 +149,7 @@ def test_usage_errors_are_one_line(tmp_path):
     assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues(workspace, tmp_path):
     import signal
     import time

@@ -5,6 +5,7 @@ import json
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 
 import condmonge as cm
 from condmonge.demo import DEMO_BASELINES, DEMO_HOLDOUT, run_demo
@@ -17,6 +18,7 @@ def test_shipped_dataset_loads():
     assert set(DEMO_HOLDOUT) <= set(data.obs["condition"])
 
 
+@pytest.mark.slow
 def test_demo_report_and_model_beats_identity(tmp_path):
     summary = run_demo(tmp_path, steps=300, progress=False)
     for name in [

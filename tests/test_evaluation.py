@@ -102,6 +102,7 @@ def test_evaluate_prediction_errors_name_the_fix():
         evaluate_prediction(bare, adata, CFG)
 
 
+@pytest.mark.slow
 def test_experiment_on_the_synthetic_task_writes_a_report(tmp_path):
     cfg = experiment_config_from_dict(
         {

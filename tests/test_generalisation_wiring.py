@@ -55,6 +55,7 @@ def test_callable_embedding_is_fitted_on_training_names_only():
     assert encoder.perturbation.encode(["paracetamol"]).shape == (1, 3)  # unseen: has a row
 
 
+@pytest.mark.slow
 def test_cli_train_and_predict_with_smiles_embedding(tmp_path):
     data = drug_adata()
     data.write_h5ad(tmp_path / "data.h5ad")

@@ -1,11 +1,13 @@
 """The conditional map recovers known optimal maps."""
 
 import numpy as np
+import pytest
 
 import condmonge as cm
 from condmonge.datasets import l2_uvp, spd_affine_task
 
 
+@pytest.mark.slow
 def test_recovers_five_spd_affine_maps_in_10d():
     task = spd_affine_task(n_conditions=5, n_features=10, n_cells=1000, seed=0)
     cfg = cm.Config().updated(

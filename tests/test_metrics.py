@@ -104,6 +104,7 @@ def test_sinkhorn_divergence_and_w2_of_a_translation(rng):
     assert float(M.drug_signature(x, x + t)) == pytest.approx(np.linalg.norm(t), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_zero_weights_are_padding(rng):
     x, y = _clouds(rng, n=30, m=35)
     pad = np.concatenate([x, rng.normal(size=(10, x.shape[1])).astype(np.float32) * 50])

@@ -71,6 +71,7 @@ def _step_on_disk(run):
         return json.loads(handle.metadata()["meta"])["training"]["step"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
     """SIGKILL a `condmonge train` at 3 seeded-random moments, `--resume` each time: the final
     checkpoint (best and last parameters, optimizer state, RNG key, early-stopping state) equals
@@ -169,6 +170,7 @@ def trained(tmp_path_factory):
         other.wait()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_predictions_across_processes(trained):
     """A fresh process that trains with the same seed predicts the same bits as this one."""
     model, data, other = trained

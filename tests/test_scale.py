@@ -57,6 +57,7 @@ PARITY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_devices_match_one_device():
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -107,6 +108,7 @@ MULTI_PROCESS_WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_device(tmp_path):
     # Multi-host through jax.distributed: two CPU processes, one device each, gloo collectives.
     with socket.socket() as s:
@@ -172,6 +174,7 @@ def _batch(k=3, n=48, d=4, seed=0):
     return x, y
 
 
+@pytest.mark.slow
 def test_scaling_domain_matches_log_domain():
     x, y = _batch(d=16)
     params = {"shift": jnp.full((16,), 0.3)}
@@ -185,6 +188,7 @@ def test_scaling_domain_matches_log_domain():
     np.testing.assert_allclose(grad_f["shift"], grad_s["shift"], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_truncated_scaling_solve_is_accepted_without_fallback():
     # Stopped by max_iterations before the threshold: both domains return the same truncated
     # solve, so redoing it in the log domain would only cost time.
@@ -203,6 +207,7 @@ def test_truncated_scaling_solve_is_accepted_without_fallback():
     np.testing.assert_allclose(loss_f, loss_s, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_scaling_domain_overflow_falls_back_to_log_domain():
     # An epsilon this small underflows exp(-C/eps) in float32: the scaling solve is not finite.
     x, y = _batch()
@@ -218,6 +223,7 @@ def test_scaling_domain_overflow_falls_back_to_log_domain():
     np.testing.assert_allclose(grad_f["shift"], grad_s["shift"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_matmuls_keep_float32_parameters(adata):
     cfg = tiny_config(**{"train.precision": "bfloat16"})
     model = cm.ConditionalMonge(cfg).fit(adata, "condition", "control")
@@ -246,6 +252,7 @@ def test_streaming_pca_equals_in_memory_pca(tmp_path, sparse):
     backed.file.close()
 
 
+@pytest.mark.slow
 def test_fit_from_backed_file_predicts_in_gene_space(tmp_path):
     adata = make_adata(n_per_condition=50, d=8, sparse=True)
     backed = _write_backed(tmp_path, adata)
@@ -262,6 +269,7 @@ def test_fit_from_backed_file_predicts_in_gene_space(tmp_path):
     backed.file.close()
 
 
+@pytest.mark.slow
 def test_training_switches_to_the_log_domain_after_repeated_underflow(adata):
     # An epsilon this small underflows every scaling-domain solve: after LOG_DOMAIN_AFTER
     # redone steps the trainer stops trying, says so once, and the losses stay finite.

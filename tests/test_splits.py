@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from condmonge.data.spec import ConditionSpec
 from condmonge.data.splits import (
     SPLIT_KINDS,
     make_split,
@@ -18,7 +19,7 @@ from condmonge.data.splits import (
 from condmonge.errors import ConfigError, DataError, UnknownConditionError
 from conftest import make_adata
 
-KEYS = {"dose_key": "dose", "cell_type_key": "cell_type"}
+SPEC = ConditionSpec(dose_key="dose", cell_type_key="cell_type")
 
 
 def obs_adata(rows, seed=0):
@@ -46,7 +47,7 @@ def sides(adata, split):
 
 
 def test_random_split_is_stratified_with_exact_counts(data):
-    split = make_split(data, "random", fraction=0.2, seed=3, **KEYS)
+    split = make_split(data, "random", SPEC, fraction=0.2, seed=3)
     assert isinstance(split.dtype, pd.CategoricalDtype)
     assert list(split.cat.categories) == ["train", "test"]
     assert split.index.equals(data.obs_names)
@@ -69,48 +70,48 @@ def test_random_split_is_stratified_with_exact_counts(data):
 
 
 def test_same_seed_same_split_other_seed_other_split(data):
-    a = make_split(data, "random", seed=1, key_added=None, **KEYS)
-    b = make_split(data, "random", seed=1, key_added=None, **KEYS)
-    c = make_split(data, "random", seed=2, key_added=None, **KEYS)
+    a = make_split(data, "random", SPEC, seed=1, key_added=None)
+    b = make_split(data, "random", SPEC, seed=1, key_added=None)
+    c = make_split(data, "random", SPEC, seed=2, key_added=None)
     assert a.equals(b) and not a.equals(c)
 
 
 def test_condition_out_by_label_in_any_order_and_by_key(data):
-    split = make_split(data, "condition", holdout=["B+A"], **KEYS)
+    split = make_split(data, "condition", SPEC, holdout=["B+A"])
     train, test = sides(data, split)
     assert set(test.condition) == {"A+B"} and len(test) == 40  # 2 doses x 2 cell types x 10
     assert "A+B" not in set(train.condition)
     assert data.uns["split"]["holdout"] == ["B+A"] and data.uns["split"]["kind"] == "condition"
-    split = make_split(data, "condition", holdout=["A+B|dose=10+10|cell_type=k2"], **KEYS)
+    split = make_split(data, "condition", SPEC, holdout=["A+B|dose=10+10|cell_type=k2"])
     _, test = sides(data, split)
     assert len(test) == 10 and set(test.cell_type) == {"k2"} and set(test.dose) == {10.0}
 
 
 def test_perturbation_out_takes_every_dose_and_combination(data):
-    split = make_split(data, "perturbation", holdout=["A"], **KEYS)
+    split = make_split(data, "perturbation", SPEC, holdout=["A"])
     train, test = sides(data, split)
     assert set(test.condition) == {"A", "A+B"} and len(test) == 80
     assert set(train.condition) == {"B", "C", "B+C"}
 
 
 def test_dose_out_default_is_highest_dose_and_per_drug(data):
-    split = make_split(data, "dose", **KEYS)
+    split = make_split(data, "dose", SPEC)
     train, test = sides(data, split)
     assert set(test.dose) == {10.0} and set(train.dose) == {1.0}
-    split = make_split(data, "dose", holdout=["A=10"], **KEYS)
+    split = make_split(data, "dose", SPEC, holdout=["A=10"])
     train, test = sides(data, split)
     assert set(test.condition) == {"A", "A+B"} and set(test.dose) == {10.0}
     assert set(train[train.dose == 10.0].condition) == {"B", "C", "B+C"}
-    from_mapping = make_split(data, "dose", holdout={"A": 10}, key_added=None, **KEYS)
+    from_mapping = make_split(data, "dose", SPEC, holdout={"A": 10}, key_added=None)
     assert from_mapping.equals(split)
 
 
 def test_combination_out_keeps_singles_in_training(data):
-    split = make_split(data, "combination", holdout=["C+B"], **KEYS)
+    split = make_split(data, "combination", SPEC, holdout=["C+B"])
     train, test = sides(data, split)
     assert set(test.condition) == {"B+C"}
     assert {"B", "C"} <= set(train.condition)
-    random = make_split(data, "combination", seed=0, **KEYS)
+    random = make_split(data, "combination", SPEC, seed=0)
     _, test = sides(data, random)
     assert set(test.condition) in ({"A+B"}, {"B+C"})
 
@@ -124,7 +125,7 @@ def test_combination_with_unseen_single_is_refused():
 
 
 def test_cell_type_out_keeps_its_controls_on_both_sides(data):
-    split = make_split(data, "cell_type", holdout=["k2"], **KEYS)
+    split = make_split(data, "cell_type", SPEC, holdout=["k2"])
     train, test = sides(data, split)
     assert set(test.cell_type) == {"k2"} and set(train.cell_type) == {"k1"}
     controls = data.obs[data.obs.condition == "control"].assign(s=split)
@@ -138,14 +139,14 @@ def test_kfold_folds_partition_the_perturbations(data):
     assert sorted(p for f in folds for p in f) == ["A", "B", "C"]
     assert all(len(f) == 1 for f in folds)
     for fold, held in enumerate(folds):
-        split = make_split(data, "kfold", n_folds=3, fold=fold, seed=5, **KEYS)
+        split = make_split(data, "kfold", SPEC, n_folds=3, fold=fold, seed=5)
         train, test = sides(data, split)
         assert all(held[0] in c.split("+") for c in set(test.condition))
         assert not any(held[0] in c.split("+") for c in set(train.condition))
 
 
 def test_split_summary_counts(data):
-    make_split(data, "condition", holdout=["A+B", "C"], key_added="fold0", **KEYS)
+    make_split(data, "condition", SPEC, holdout=["A+B", "C"], key_added="fold0")
     summary = split_summary(data, "fold0")
     assert summary.loc["test"].to_dict() == {
         "cells": 86, "control_cells": 6, "treated_cells": 80, "conditions": 2,
@@ -174,7 +175,7 @@ def test_split_summary_counts(data):
 )
 def test_bad_requests_raise_one_clear_error(data, kind, kwargs, error, message):
     with pytest.raises(error, match=message.replace("+", r"\+")):
-        make_split(data, kind, key_added=None, **KEYS, **kwargs)
+        make_split(data, kind, SPEC, key_added=None, **kwargs)
 
 
 def test_missing_columns_and_too_few_controls():
@@ -184,9 +185,9 @@ def test_missing_columns_and_too_few_controls():
     with pytest.raises(DataError, match="needs the dose column"):
         make_split(adata, "dose")
     with pytest.raises(DataError, match="no column 'cell_typ'.*did you mean 'cell_type'"):
-        make_split(adata, "cell_type", cell_type_key="cell_typ")
+        make_split(adata, "cell_type", ConditionSpec(cell_type_key="cell_typ"))
     with pytest.raises(DataError, match="control label 'ctrl' not found"):
-        make_split(adata, "random", control="ctrl")
+        make_split(adata, "random", ConditionSpec(control="ctrl"))
 
 
 # --- properties over random small obs tables -------------------------------------------------
@@ -241,11 +242,11 @@ def test_split_properties(adata, seed, kind):
         or (kind == "combination" and not has_combo)
     ):
         kind = "random"
-    kw = dict(KEYS, seed=seed, key_added=None)
+    kw = dict(seed=seed, key_added=None)
     if kind == "kfold":
         kw.update(n_folds=2, fold=seed % 2)
-    split = make_split(adata, kind, **kw)
-    assert make_split(adata, kind, **kw).equals(split)  # determinism
+    split = make_split(adata, kind, SPEC, **kw)
+    assert make_split(adata, kind, SPEC, **kw).equals(split)  # determinism
     train, test, treated = check_partition_and_controls(adata, split)
     perts_in = lambda labels: {p for lab in labels for p in lab.split("+")}  # noqa: E731
     if kind == "random":
@@ -287,7 +288,7 @@ def test_kfold_folds_partition_any_perturbation_set(n, n_folds, seed):
 
 def test_split_column_never_overwrites_an_input_column(data):
     with pytest.raises(ConfigError, match="would overwrite"):
-        make_split(data, "random", key_added="cell_type", **KEYS)
+        make_split(data, "random", SPEC, key_added="cell_type")
     assert "train" not in set(data.obs["cell_type"])
 
 

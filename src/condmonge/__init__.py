@@ -21,7 +21,6 @@ from condmonge._version import __version__
 
 if TYPE_CHECKING:  # what static analysers and IDEs see; at run time see `__getattr__`
     from condmonge import datasets, errors
-    from condmonge.conditions.spec import Condition
     from condmonge.config import (
         Config,
         DataConfig,
@@ -30,12 +29,14 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time see `__geta
         TrainConfig,
         load_config,
     )
+    from condmonge.data.spec import Condition, ConditionSpec
     from condmonge.model import ConditionalMonge
     from condmonge.train.sharding import use_cpu_cores
 
 # public name -> module that defines it (a module name alone for subpackages)
 _LAZY = {
-    "Condition": "condmonge.conditions.spec",
+    "Condition": "condmonge.data.spec",
+    "ConditionSpec": "condmonge.data.spec",
     "ConditionalMonge": "condmonge.model",
     "Config": "condmonge.config",
     "DataConfig": "condmonge.config",
@@ -50,6 +51,7 @@ _LAZY = {
 
 __all__ = [
     "Condition",
+    "ConditionSpec",
     "ConditionalMonge",
     "Config",
     "DataConfig",

@@ -185,7 +185,6 @@ def train(
         "holdout": parse_items(holdout, "--holdout") or [],
         "steps": steps,
         "seed": seed,
-        "use_rep": None,
         "resume": resume,
     }
     had_checkpoint = (out / "model.safetensors").exists()
@@ -197,8 +196,7 @@ def train(
             config=config,
             embedding=embedding or [],
             split_key=_split_key(split_key),
-            n_pca=n_pca,
-            latent=use_rep,
+            overrides={"data.n_pca": n_pca, "data.use_rep": use_rep},
         )
     except KeyboardInterrupt as exc:
         _train_interrupted(exc, out, had_checkpoint)
@@ -260,11 +258,13 @@ def predict(
         run_dir,
         data,
         out,
-        conditions=parse_items(conditions, "--conditions"),
-        query=query,
-        dose=dose,
-        cell_type=cell_type,
-        split_key=_split_key(split_key),
+        {
+            "conditions": parse_items(conditions, "--conditions"),
+            "query": query,
+            "dose": dose,
+            "cell_type": cell_type,
+        },
+        _split_key(split_key),
     )
     n_blocks = pred.obs["condition_id"].nunique()
     typer.echo(f"wrote {pred.n_obs} predicted cells in {n_blocks} conditions to {out}")
@@ -312,22 +312,22 @@ def split(
 ) -> None:
     """Add a train/test split column to DATA's obs and write it to --out."""
     check_output_file(out, "--out", (".h5ad",), example="split")
-    summary = start().split(
-        data,
-        out,
-        kind,
-        holdout=parse_items(holdout, "--holdout"),
-        fraction=fraction,
-        n_folds=n_folds,
-        fold=fold,
-        condition_key=condition_key,
-        control=control,
-        dose_key=dose_key,
-        cell_type_key=cell_type_key,
-        control_test_fraction=control_test_fraction,
-        seed=seed,
-        key_added=key_added,
-    )
+    spec = {
+        "condition_key": condition_key,
+        "control": control,
+        "dose_key": dose_key,
+        "cell_type_key": cell_type_key,
+    }
+    plan = {
+        "kind": kind,
+        "holdout": parse_items(holdout, "--holdout"),
+        "fraction": fraction,
+        "n_folds": n_folds,
+        "fold": fold,
+        "control_test_fraction": control_test_fraction,
+        "seed": seed,
+    }
+    summary = start().split(data, out, spec, plan, key_added)
     for side, row in summary.iterrows():
         typer.echo(
             f"{side}: {row.cells} cells ({row.control_cells} control), {row.conditions} "
@@ -340,6 +340,31 @@ def _write_text_atomic(path: Path, text: str) -> None:
     from condmonge.files import replace_atomically
 
     replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def _evaluation_spec(pred: Any, observed: Any, *keys: str | None) -> Any:
+    """The spec of an evaluation: the options given, else the model's (stored in ``pred``).
+
+    Args:
+      pred, observed: the predictions and the truth (AnnData).
+      *keys: ``condition_key``, ``control``, ``dose_key``, ``cell_type_key`` as given.
+    """
+    import json
+
+    from condmonge.data.spec import ConditionSpec
+
+    names = ("condition_key", "control", "dose_key", "cell_type_key")
+    meta = pred.uns.get("condmonge", {})
+    has_config = isinstance(meta, dict) and "config" in meta
+    stored = json.loads(meta["config"]).get("data", {}) if has_config else {}
+    spec = ConditionSpec.from_dict({k: stored[k] for k in names if stored.get(k)})
+    spec = spec.updated(**dict(zip(names, keys, strict=True)))
+    for key in (spec.condition_key, spec.dose_key, spec.cell_type_key):
+        if key and key not in observed.obs:
+            raise DataError(
+                f"the truth has no obs column '{key}'; pass the matching --*-key options"
+            )
+    return spec
 
 
 @app.command()
@@ -363,7 +388,6 @@ def evaluate(
     """Score predictions against observed cells: per-condition and aggregate metrics."""
     import json
 
-    from condmonge.config import DataConfig
     from condmonge.data.anndata_io import read_h5ad
     from condmonge.evaluate.evaluation import evaluate_prediction
     from condmonge.evaluate.report import HEADLINE_METRICS, metric_columns, to_markdown
@@ -371,24 +395,7 @@ def evaluate(
     try:
         pred = read_h5ad(prediction)
         observed = read_h5ad(truth)
-        # Column names default to those the model was trained with (stored in predictions).
-        stored: dict[str, Any] = {}
-        meta = pred.uns.get("condmonge", {})
-        if isinstance(meta, dict) and "config" in meta:
-            stored = json.loads(meta["config"]).get("data", {})
-        given = {
-            "condition_key": condition_key,
-            "control": control,
-            "dose_key": dose_key,
-            "cell_type_key": cell_type_key,
-        }
-        keys = {k: v if v is not None else stored.get(k) for k, v in given.items()}
-        cfg = DataConfig(**{k: v for k, v in keys.items() if v is not None})
-        for key in (cfg.condition_key, cfg.dose_key, cfg.cell_type_key):
-            if key and key not in observed.obs:
-                raise DataError(
-                    f"the truth has no obs column '{key}'; pass the matching --*-key options"
-                )
+        cfg = _evaluation_spec(pred, observed, condition_key, control, dose_key, cell_type_key)
         table = evaluate_prediction(pred, observed, cfg, method="prediction", max_cells=max_cells)
     except CondMongeError as exc:
         _fail(str(exc))

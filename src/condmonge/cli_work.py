@@ -23,7 +23,8 @@ from condmonge.conditions.encoders import read_table
 from condmonge.conditions.smiles import parse_smiles_spec
 from condmonge.config import Config, DataConfig, load_config
 from condmonge.data.anndata_io import read_h5ad, write_h5ad_atomic
-from condmonge.data.splits import make_split, split_summary
+from condmonge.data.spec import ConditionSpec
+from condmonge.data.splits import SplitPlan, make_split, split_summary
 from condmonge.demo import run_demo
 from condmonge.errors import DataError, UnknownConditionError, suggest
 from condmonge.evaluate.experiment import load_experiment_config, run_experiment
@@ -123,15 +124,6 @@ def select_side(adata: ad.AnnData, split_key: str, explicit: bool, side: str) ->
     return adata[chosen].copy()
 
 
-def _overrides(n_pca: int | None, latent: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if n_pca is not None:
-        out["data.n_pca"] = n_pca
-    if latent is not None:
-        out["data.use_rep"] = latent
-    return out
-
-
 def train(
     data: Path,
     out: Path,
@@ -139,19 +131,33 @@ def train(
     *,
     config: Path | None,
     embedding: Sequence[str],
-    split_key: tuple[str | None, bool],
-    n_pca: int | None,
-    latent: str | None,
+    split_key: tuple[str, bool],
+    overrides: dict[str, Any],
 ) -> ConditionalMonge:
-    """Read, select the train side, fit with checkpoints in ``out``, save, write the history."""
+    """Read, select the train side, fit with checkpoints in ``out``, save, write the history.
+
+    Args:
+      data: the training ``.h5ad``.
+      out: the run directory (checked by the CLI before this runs).
+      fit_args: ``condition_key``, ``control``, ``dose_key``, ``cell_type_key`` (the flags;
+        ``None`` keeps the config's), ``holdout``, ``steps``, ``seed``, ``resume``.
+      config: the ``--config`` YAML or ``None``.
+      embedding: the ``--embedding`` specs.
+      split_key: ``(column, given explicitly)`` of the train/test split.
+      overrides: dotted config keys set by flags (``{"data.n_pca": 20}``; ``None`` values are
+        left out).
+    """
     cfg = load_config(config) if config is not None else Config()
-    cfg = cfg.updated(_overrides(n_pca, latent))
-    control = fit_args["control"] if fit_args["control"] is not None else cfg.data.control
-    tables = embeddings(embedding, control)
+    cfg = cfg.updated({k: v for k, v in overrides.items() if v is not None})
+    names = ("condition_key", "control", "dose_key", "cell_type_key")
+    spec = cfg.data.spec.updated(**{k: fit_args.pop(k) for k in names})
+    tables = embeddings(embedding, spec.control)
     adata = select_side(read_h5ad(data), *split_key, "train")
-    if adata.n_vars == 0 and cfg.data.use_rep is None:
+    if adata.n_vars == 0 and spec.use_rep is None:
         raise DataError(f"'{data}' has no genes (adata.n_vars == 0); train on a matrix with genes")
-    model = ConditionalMonge(cfg).fit(adata, **fit_args, embeddings=tables, checkpoint_dir=out)
+    model = ConditionalMonge(cfg).fit(
+        adata, spec=spec, embeddings=tables, checkpoint_dir=out, **fit_args
+    )
     model.save(out)
     write_history(model.history, out)
     return model
@@ -267,14 +273,19 @@ def predict(
     run_dir: Path,
     data: Path,
     out: Path,
-    *,
-    conditions: list[str] | None,
-    query: Path | None,
-    dose: str | None,
-    cell_type: str | None,
-    split_key: tuple[str | None, bool],
+    request: dict[str, Any],
+    split_key: tuple[str, bool],
 ) -> ad.AnnData:
-    """Load, check the request against the model, predict and write ``out``."""
+    """Load, check the request against the model, predict and write ``out``.
+
+    Args:
+      run_dir, data, out: the run directory, the query ``.h5ad`` and the output ``.h5ad``.
+      request: ``conditions`` (labels or ``None``), ``query`` (a CSV path or ``None``),
+        ``dose``, ``cell_type`` (flags or ``None``).
+      split_key: ``(column, given explicitly)``: predict from the test side's controls.
+    """
+    conditions, query = request["conditions"], request["query"]
+    dose, cell_type = request["dose"], request["cell_type"]
     if conditions and query:
         raise DataError("give either --conditions or --query, not both")
     model = ConditionalMonge.load(run_dir)
@@ -294,11 +305,18 @@ def predict(
     return pred
 
 
-def split(data: Path, out: Path, kind: str, **kwargs: Any) -> pd.DataFrame:
-    """Add the split column to ``data`` (``make_split``), write ``out``; return the summary."""
+def split(data: Path, out: Path, spec: dict[str, Any], plan: dict[str, Any], key: str) -> Any:
+    """Add the split column ``key`` to ``data`` (``make_split``), write ``out``; return the summary.
+
+    Args:
+      data, out: input and output ``.h5ad``.
+      spec: ``condition_key``, ``control``, ``dose_key``, ``cell_type_key``.
+      plan: the fields of :class:`~condmonge.data.splits.SplitPlan`.
+      key: the obs column to write.
+    """
     adata = read_h5ad(data)
-    make_split(adata, kind, **kwargs)
-    summary = split_summary(adata, kwargs["key_added"])
+    make_split(adata, SplitPlan(**plan), ConditionSpec(**spec), key_added=key)
+    summary = split_summary(adata, key)
     write_h5ad_atomic(adata, out)
     return summary
 

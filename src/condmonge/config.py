@@ -6,23 +6,89 @@ over as static constants by the jitted functions. Unknown keys are errors, never
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from condmonge.data.spec import ConditionSpec
 from condmonge.errors import ConfigError
 
-__all__ = ["Config", "DataConfig", "LossConfig", "ModelConfig", "TrainConfig", "load_config"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "StrictModel",
+    "TrainConfig",
+    "load_config",
+    "read_yaml_mapping",
+    "validate_tree",
+]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A frozen pydantic model whose unknown keys are errors (the base of every config)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_Strict = StrictModel
+_Model = TypeVar("_Model", bound=StrictModel)
+
+
+def validate_tree(
+    cls: type[_Model], tree: dict[str, Any], source: str = "config", unknown_hint: str = ""
+) -> _Model:
+    """Validate a nested mapping into ``cls``; a :class:`ConfigError` names the offending key.
+
+    Args:
+      cls: the :class:`StrictModel` subclass to build.
+      tree: the nested mapping (e.g. parsed YAML).
+      source: where ``tree`` came from, for the message (a file name).
+      unknown_hint: appended to the message of an unknown key (e.g. the valid sections).
+    """
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden" and unknown_hint:
+            raise ConfigError(f"{source}: unknown key '{where}'; {unknown_hint}") from None
+        raise ConfigError(f"{source}: '{where}': {err['msg']}") from None
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML file of sections (safe loader: data only, no tags); empty gives ``{}``.
+
+    Args:
+      path: the file.
+      what: how messages name it (``"config file"``, ``"experiment config"``).
+
+    Raises:
+      ConfigError: the file is missing, not YAML, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} '{path}' is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{what} '{path}' must hold a mapping of sections")
+    return tree
+
+
 class DataConfig(_Strict):
-    """Which AnnData fields describe the conditions."""
+    """Which AnnData fields describe the conditions (:attr:`spec`) and how features are read.
+
+    The first seven fields are those of :class:`~condmonge.data.spec.ConditionSpec`, flat so
+    that a YAML file reads ``data: {condition_key: drug}``; every layer below the config reads
+    :attr:`spec`, never these loose keys.
+    """
 
     condition_key: str = "condition"
     control: str = "control"
@@ -40,6 +106,18 @@ class DataConfig(_Strict):
         "predictions are returned in gene space",
     )
     validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
+
+    @property
+    def spec(self) -> ConditionSpec:
+        """The frozen :class:`~condmonge.data.spec.ConditionSpec` of these fields."""
+        return ConditionSpec(**{name: getattr(self, name) for name in _SPEC_FIELDS})
+
+    def with_spec(self, spec: ConditionSpec) -> DataConfig:
+        """A copy whose spec fields are those of ``spec`` (the other fields are kept)."""
+        return self.model_copy(update=spec.to_dict() | {"covariate_keys": spec.covariate_keys})
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(ConditionSpec))
 
 
 class ModelConfig(_Strict):
@@ -119,7 +197,11 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
 
     def updated(self, overrides: dict[str, Any]) -> Config:
-        """Return a copy with dotted-key overrides, e.g. ``{"train.steps": 100}``, validated."""
+        """Return a copy with dotted-key overrides, e.g. ``{"train.steps": 100}``, validated.
+
+        Args:
+          overrides: ``{"section.key": value}``.
+        """
         tree = self.model_dump()
         for dotted, value in overrides.items():
             node = tree
@@ -134,36 +216,36 @@ class Config(_Strict):
         return config_from_dict(tree)
 
     def to_yaml(self, path: str | Path) -> None:
-        """Write the full configuration as YAML."""
+        """Write the full configuration as YAML.
+
+        Args:
+          path: the file to write.
+        """
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
-    """Validate a nested mapping into a :class:`Config`; errors name the offending key."""
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(
-                f"{source}: unknown key '{where}'; valid sections are data, model, loss, train "
-                "(see `condmonge.Config` for every key)"
-            ) from None
-        raise ConfigError(f"{source}: '{where}': {err['msg']}") from None
+    """Validate a nested mapping into a :class:`Config`; errors name the offending key.
+
+    Args:
+      tree: nested mapping ``{section: {key: value}}``.
+      source: where it came from, for messages.
+    """
+    return validate_tree(
+        Config,
+        tree,
+        source,
+        "valid sections are data, model, loss, train (see `condmonge.Config` for every key)",
+    )
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a YAML config (safe loader only); missing keys take their defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(
-            f"config file '{path}' is not valid YAML: {exc}".splitlines()[0]
-        ) from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
-    return config_from_dict(tree, source=str(path))
+    """Read a YAML config (safe loader only); missing keys take their defaults.
+
+    Args:
+      path: the YAML file.
+
+    Raises:
+      ConfigError: missing file, invalid YAML, unknown or ill-typed key.
+    """
+    return config_from_dict(read_yaml_mapping(path), source=str(path))

@@ -37,7 +37,11 @@ class CondMongeError(ValueError):
 
 
 def one_line(text: str) -> str:
-    r"""``text`` with every non-printable character (``\n``, ``\t``, ...) escaped."""
+    r"""``text`` with every non-printable character (``\n``, ``\t``, ...) escaped.
+
+    Args:
+      text: any text (a message that quotes user values).
+    """
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -76,6 +80,11 @@ class NotFittedError(CondMongeError):
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
+    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close.
+
+    Args:
+      name: what the user wrote.
+      candidates: the valid names.
+    """
     matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.5)
     return f" (did you mean '{matches[0]}'?)" if matches else ""

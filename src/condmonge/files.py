@@ -17,6 +17,15 @@ def replace_atomically(
 
     Readers see the old file or the complete new one, never a half-written one. ``suffix``:
     the temporary file's suffix, for writers that look at it.
+
+    Args:
+      path: the final file (its folder is created).
+      write: writes the content to the path it is given.
+      suffix: the temporary file's suffix, for writers that look at it (``np.save`` adds
+        ``.npy`` unless the name ends with it).
+
+    Returns:
+      ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,20 @@ cells of the training conditions and the controls; :func:`infer_effect_embedding
 the embedding of unseen drugs from their structure (e.g. :func:`~condmonge.conditions.smiles.
 smiles_embedding`), fitted on the seen drugs only.
 
+Methods (``method=``):
+
+- ``"mean_shift"``: per drug the mean expression shift from the matching controls, averaged over
+  (cell type, dose) groups, then PCA over the training drugs (:func:`condmonge.data.pca.
+  pca_scores`). One pass over the cells: about 2 s for sci-Plex size (180k cells x 50
+  features) on a CPU core.
+- ``"ot_mds"`` (the paper's effect-based embedding, without its leakage): per cell type the
+  debiased Sinkhorn divergence (squared-Euclidean cost, ott-jax) between every two drugs'
+  treated populations (all doses pooled, at most ``max_cells`` cells each, drawn with
+  ``seed``), averaged over cell types, then classical MDS. About 0.3-0.5 s per pair on a CPU
+  core: for 150 drugs x 3 cell lines (33,500 pairs, ``max_cells=300``) hours; use an
+  accelerator or a smaller ``max_cells``.
+- ``"energy_mds"``: the same with the energy distance (numpy, no solver): minutes on a CPU.
+
 Example:
   >>> effect = effect_embedding(adata, "condition", "control", train_conditions=seen,
   ...                           cell_type_key="cell_type", dose_key="dose")  # doctest: +SKIP
@@ -20,14 +34,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 import anndata as ad
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from condmonge.data.pca import pca_scores
 from condmonge.errors import ConfigError, DataError, suggest
+from condmonge.ops import mean_distance, ridge_dual, sinkhorn_terms, sq_distances
 
 __all__ = ["effect_embedding", "infer_effect_embedding"]
 
@@ -62,28 +81,13 @@ def _read_rows(adata: ad.AnnData, rows: np.ndarray, use_rep: str | None) -> np.n
     return values
 
 
-def _pca(signatures: np.ndarray, n_components: int) -> np.ndarray:
-    centred = signatures - signatures.mean(axis=0)
-    u, s, vt = np.linalg.svd(centred, full_matrices=False)
-    axes = vt[:n_components]
-    signs = np.sign(axes[np.arange(n_components), np.abs(axes).argmax(axis=1)])
-    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
-    return centred @ axes.T
-
-
-def _mean_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``E|A - B|`` over all pairs of rows (Euclidean norms)."""
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return float(np.sqrt(np.maximum(sq, 0.0)).mean())
-
-
 def _energy_batch(
     pops: dict[tuple[int, int], np.ndarray], jobs: list[tuple[int, int, int]]
 ) -> list[float]:
     """Energy distances ``2E|X-Y| - E|X-X'| - E|Y-Y'|`` (V-statistics) of every pair in jobs."""
-    within = {key: _mean_distance(pop, pop) for key, pop in pops.items()}
+    within = {key: float(mean_distance(pop, pop)) for key, pop in pops.items()}
     return [
-        max(2.0 * _mean_distance(pops[c, i], pops[c, j]) - within[c, i] - within[c, j], 0.0)
+        max(2.0 * float(mean_distance(pops[c, i], pops[c, j])) - within[c, i] - within[c, j], 0.0)
         for c, i, j in jobs
     ]
 
@@ -111,30 +115,46 @@ def _group_means(x: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return sorted_keys[starts], sums / counts[:, None]
 
 
-def _pairwise(
-    x: np.ndarray,
-    order: np.ndarray,
-    drug: np.ndarray,
-    cell: np.ndarray,
-    n_drugs: int,
-    train: list[str],
-    method: str,
-    max_cells: int,
-    epsilon: float,
-    seed: int,
-) -> np.ndarray:
-    """Symmetric matrix of distances between drugs, averaged over shared cell types."""
+@dataclass(frozen=True)
+class _Cells:
+    """The cells read for an effect embedding, with integer codes.
+
+    Attributes:
+      x: ``[n, d]`` float64 expression; train: the training drugs (sorted).
+      drug: ``[n]`` position in ``train`` (-1 for controls); cell: ``[n]`` cell-type code;
+      dose: ``[n]`` dose code; cell_names: the cell type of each code.
+    """
+
+    x: np.ndarray
+    train: list[str]
+    drug: np.ndarray
+    cell: np.ndarray
+    dose: np.ndarray
+    cell_names: np.ndarray
+
+
+def _populations(cells: _Cells, max_cells: int, seed: int) -> dict[tuple[int, int], np.ndarray]:
+    """Treated cells ``[<= max_cells, d]`` of every (cell type, drug), subsampled with ``seed``."""
+    drug, cell = cells.drug, cells.cell
+    order = np.argsort(np.where(drug >= 0, cell * len(cells.train) + drug, -1), kind="stable")
     rng = np.random.default_rng(seed)
     pops: dict[tuple[int, int], np.ndarray] = {}
     treated = order[drug[order] >= 0]  # sorted by (cell type, drug), input order within
-    key = cell[treated] * n_drugs + drug[treated]
+    key = cell[treated] * len(cells.train) + drug[treated]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     for start, stop in zip(starts, np.r_[starts[1:], len(key)], strict=True):
         rows = treated[start:stop]
         if len(rows) > max_cells:
             rows = np.sort(rng.choice(rows, max_cells, replace=False))
-        pops[int(cell[rows[0]]), int(drug[rows[0]])] = x[rows]
-    n_cell = int(cell.max()) + 1
+        pops[int(cell[rows[0]]), int(drug[rows[0]])] = cells.x[rows]
+    return pops
+
+
+def _pairwise(cells: _Cells, method: str, max_cells: int, epsilon: float, seed: int) -> np.ndarray:
+    """Symmetric ``[k, k]`` matrix of distances between drugs, averaged over shared cell types."""
+    train = cells.train
+    pops = _populations(cells, max_cells, seed)
+    n_cell = int(cells.cell.max()) + 1
     jobs = [
         (c, i, j)
         for c in range(n_cell)
@@ -145,7 +165,7 @@ def _pairwise(
     if method == "energy_mds":
         values = _energy_batch(pops, jobs)
     else:
-        scale = 2.0 * float(x.var(axis=0).sum())  # mean squared distance of the cells read
+        scale = 2.0 * float(cells.x.var(axis=0).sum())  # mean squared distance of the cells read
         values = _sinkhorn_batch(pops, jobs, epsilon * max(scale, 1e-12))
     total = np.zeros((len(train), len(train)))
     counts = np.zeros_like(total)
@@ -170,12 +190,9 @@ def _pairwise(
 @functools.lru_cache(maxsize=4)
 def _sinkhorn_fn(max_iterations: int):
     """Jitted, vmapped Sinkhorn divergence (epsilon traced: one compilation per shape)."""
-    import jax
-
-    from condmonge.evaluate.metrics import sinkhorn_divergence
 
     def one(x, y, a, b, epsilon):
-        return sinkhorn_divergence(x, y, a, b, epsilon=epsilon, max_iterations=max_iterations)
+        return sinkhorn_terms(x, y, a, b, epsilon=epsilon, max_iterations=max_iterations)[0]
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
 
@@ -188,9 +205,6 @@ def _sinkhorn_batch(
     max_iterations: int = 500,
 ) -> list[float]:
     """Debiased Sinkhorn divergences of every pair in ``jobs``, vmapped in fixed-size chunks."""
-    import jax
-    import jax.numpy as jnp
-
     if not jobs:
         return []
     chunk = min(chunk, len(jobs))
@@ -217,7 +231,7 @@ def _sinkhorn_batch(
     return out
 
 
-def effect_embedding(
+def effect_embedding(  # noqa: PLR0913  keyword options of a public, documented entry point
     adata: ad.AnnData,
     condition_key: str,
     control: str,
@@ -236,54 +250,81 @@ def effect_embedding(
 ) -> pd.DataFrame:
     """Response signatures of the training drugs, reduced to ``n_components`` dimensions.
 
-    Only the cells whose condition is in ``train_conditions`` or is ``control`` (and that are in
-    ``train_cells`` when given) are read; every other cell (held-out drugs, combinations not
-    listed) has no influence whatsoever, so the embedding is the same whatever the held-out
-    cells contain.
+    Only the cells of ``train_conditions`` and ``control`` (within ``train_cells`` when given)
+    are read: the embedding is the same whatever the held-out cells contain.
 
     Args:
-      adata: cells; expression from ``X`` or ``obsm[use_rep]``.
-      condition_key, control: obs column of conditions and the label of control cells.
-      train_conditions: the training drugs (single perturbations; labels of the condition
-        column).
-      train_cells: optional boolean mask over ``adata.obs`` of the cells that may be read (e.g.
-        the training side of a split that holds out some doses or cell types of a drug); cells
-        outside it, controls included, are never read.
-      missing: what to do with training drugs without cells of their own (e.g. a drug only
-        seen in combinations): ``"raise"`` or ``"skip"`` (no row; infer it from structure with
-        :func:`infer_effect_embedding`).
-      cell_type_key: obs column of cell types: responses are taken against the controls of the
-        same cell type and averaged over cell types.
-      dose_key: obs column of doses: responses are computed per dose and averaged over doses.
-      n_components: embedding dimension (at most the number of training drugs, and of
-        features for ``"mean_shift"``).
-      method: ``"mean_shift"``: per drug the mean expression shift from the matching controls,
-        averaged over (cell type, dose) groups, then PCA over the training drugs;
-        ``"ot_mds"`` (the paper's effect-based embedding, without its leakage): per cell type
-        the debiased Sinkhorn divergence (squared-Euclidean cost, ott-jax) between every two
-        drugs' treated populations (all doses pooled, at most ``max_cells`` cells each, drawn
-        with ``seed``), averaged over cell types, then classical MDS; ``"energy_mds"``: the
-        same with the energy distance (numpy, no solver; cheaper).
-      max_cells: subsample size per population for the pairwise methods.
+      adata: ``[n, d]`` cells; expression from ``X`` or ``obsm[use_rep]``.
+      condition_key: obs column of conditions.
+      control: the label of control cells.
+      train_conditions: the training drugs (single perturbations, labels of the column).
+      train_cells: optional boolean ``[n]`` mask of the cells that may be read (e.g. the
+        training side of a split); cells outside it, controls included, are never read.
+      missing: training drugs without cells of their own (e.g. only in combinations):
+        ``"raise"``, or ``"skip"`` (no row; infer it with :func:`infer_effect_embedding`).
+      cell_type_key: obs column of cell types: responses against same-type controls, averaged.
+      dose_key: obs column of doses: responses per dose, averaged over doses.
+      n_components: embedding dimension (at most the training drugs, and features).
+      method: ``"mean_shift"``, ``"ot_mds"`` or ``"energy_mds"`` (see the module docstring).
+      max_cells: subsample size per population for the pairwise methods (drawn with ``seed``).
       epsilon: Sinkhorn regularisation relative to the mean squared distance between the cells
         read (twice their total variance), so it does not depend on the units.
-      seed: seed of the subsampling.
-
-    Cost: ``"mean_shift"`` is one pass over the cells (about 2 s for sci-Plex size,
-    180k cells x 50 features, on a CPU core). The pairwise methods need one distance per pair
-    of drugs and cell type: for 150 drugs x 3 cell lines (33,500 pairs, ``max_cells=300``)
-    ``"energy_mds"`` takes minutes on a CPU, ``"ot_mds"`` about 0.3-0.5 s per pair on a CPU
-    core (hours; use an accelerator or a smaller ``max_cells``).
+      use_rep: an ``obsm`` key to read instead of ``X``; seed: seed of the subsampling.
 
     Returns:
-      float32 table, index = training drugs (sorted), columns ``effect_1 ... effect_k``.
+      float32 ``[k, n_components]`` table, index = training drugs (sorted), columns
+      ``effect_1 ... effect_n``.
     """
+    _check_options(method, max_cells, epsilon, missing)
+    conditions, keep, train = _training_drugs(
+        adata, condition_key, control, train_conditions, train_cells, missing
+    )
+    _check_dimension(adata, method, use_rep, len(train), n_components)
+    cells = _read_cells(adata, keep, conditions[keep], train, cell_type_key, dose_key, use_rep)
+    control_of = _control_means(cells)
+    if method == "mean_shift":
+        embedded = pca_scores(_mean_shifts(cells, control_of), n_components)
+    else:
+        embedded = _mds(_pairwise(cells, method, max_cells, epsilon, seed), n_components)
+    return pd.DataFrame(
+        embedded.astype(np.float32),
+        index=pd.Index(train, name=condition_key),
+        columns=[f"effect_{i + 1}" for i in range(n_components)],
+    )
+
+
+def _check_dimension(
+    adata: ad.AnnData, method: str, use_rep: str | None, n_train: int, n_components: int
+) -> None:
+    """At most one dimension per training drug (and per feature for ``"mean_shift"``)."""
+    limit = n_train if method != "mean_shift" else min(n_train, adata.n_vars)
+    if use_rep is not None and use_rep in adata.obsm and method == "mean_shift":
+        limit = min(n_train, adata.obsm[use_rep].shape[1])
+    if not 1 <= n_components <= limit:
+        raise ConfigError(
+            f"n_components must be in [1, {limit}] with {n_train} training drugs, got "
+            f"{n_components}"
+        )
+
+
+def _check_options(method: str, max_cells: int, epsilon: float, missing: str) -> None:
     if method not in ("mean_shift", "ot_mds", "energy_mds"):
         raise ConfigError(f"method must be 'mean_shift', 'ot_mds' or 'energy_mds', got '{method}'")
     if max_cells < 2 or epsilon <= 0:
         raise ConfigError(f"max_cells must be >= 2 and epsilon > 0, got {max_cells}, {epsilon}")
     if missing not in ("raise", "skip"):
         raise ConfigError(f"missing must be 'raise' or 'skip', got '{missing}'")
+
+
+def _training_drugs(  # noqa: PLR0913  the caller's arguments, checked in one place
+    adata: ad.AnnData,
+    condition_key: str,
+    control: str,
+    train_conditions: Iterable[str],
+    train_cells: np.ndarray | pd.Series | None,
+    missing: str,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Condition labels ``[n]``, the rows to read and the training drugs with cells (sorted)."""
     train = sorted({str(c) for c in train_conditions} - {str(control)})
     if not train:
         raise DataError("train_conditions is empty; give the training drugs")
@@ -313,21 +354,26 @@ def effect_embedding(
     train = [c for c in train if c in present]
     if not train:
         raise DataError("no training drug has cells of its own")
-    limit = len(train) if method != "mean_shift" else min(len(train), adata.n_vars)
-    if use_rep is not None and use_rep in adata.obsm and method == "mean_shift":
-        limit = min(len(train), adata.obsm[use_rep].shape[1])
-    if not 1 <= n_components <= limit:
-        raise ConfigError(
-            f"n_components must be in [1, {limit}] with {len(train)} training drugs, got "
-            f"{n_components}"
-        )
+    return conditions, np.flatnonzero(allowed & np.isin(conditions, [*train, str(control)])), train
 
-    keep = np.flatnonzero(allowed & np.isin(conditions, [*train, str(control)]))
+
+def _read_cells(  # noqa: PLR0913  the obs keys of effect_embedding, read in one place
+    adata: ad.AnnData,
+    keep: np.ndarray,
+    conditions: np.ndarray,
+    train: list[str],
+    cell_type_key: str | None,
+    dose_key: str | None,
+    use_rep: str | None,
+) -> _Cells:
+    """Expression and integer codes of the cells ``keep`` (their labels: ``conditions``).
+
+    Drug = position in ``train`` (-1 for controls), cell type and dose = rank among the values
+    of these cells. Groups are contiguous runs of a stable sort, so each group's sum adds the
+    same rows in the same order whatever else is in adata.
+    """
     x = _read_rows(adata, keep, use_rep)
-    # Integer codes of the cells read: drug = position in `train` (-1 for controls), cell type
-    # and dose = rank among the values of these cells. Groups are contiguous runs of a stable
-    # sort, so each group's sum adds the same rows in the same order whatever else is in adata.
-    drug = pd.Series(conditions[keep]).map({d: i for i, d in enumerate(train)})
+    drug = pd.Series(conditions).map({d: i for i, d in enumerate(train)})
     drug = drug.fillna(-1).to_numpy(np.int64)
     cells = _labels(adata, cell_type_key, "cell type")
     cell_names, cell = np.unique(
@@ -337,44 +383,70 @@ def effect_embedding(
     _, dose = np.unique(
         doses[keep] if doses is not None else np.zeros(len(keep), str), return_inverse=True
     )
-    n_cell, n_dose = len(cell_names), int(dose.max()) + 1
+    return _Cells(x, train, drug, cell, dose, cell_names)
 
-    control_keys, control_means = _group_means(x, np.where(drug < 0, cell, -1))
+
+def _control_means(cells: _Cells) -> dict[int, np.ndarray]:
+    """Mean control profile ``[d]`` of every cell type; raises when a treated type has none."""
+    drug, cell = cells.drug, cells.cell
+    control_keys, control_means = _group_means(cells.x, np.where(drug < 0, cell, -1))
     control_of = dict(zip(control_keys.tolist(), control_means, strict=True))
     control_of.pop(-1, None)
     for c in np.unique(cell[drug >= 0]):
         if c not in control_of:
-            first = train[int(drug[(drug >= 0) & (cell == c)][0])]
+            first = cells.train[int(drug[(drug >= 0) & (cell == c)][0])]
             raise DataError(
-                f"drug '{first}' has cells of type '{cell_names[c]}' but that type has no "
+                f"drug '{first}' has cells of type '{cells.cell_names[c]}' but that type has no "
                 "control cells"
             )
+    return control_of
 
-    if method == "mean_shift":
-        keys, means = _group_means(
-            x, np.where(drug >= 0, (drug * n_cell + cell) * n_dose + dose, -1)
-        )
-        sums = np.zeros((len(train), x.shape[1]))
-        counts = np.zeros(len(train))
-        for key, mean in zip(keys, means, strict=True):
-            if key < 0:
-                continue
-            i, c = key // (n_cell * n_dose), (key // n_dose) % n_cell
-            sums[i] += mean - control_of[c]
-            counts[i] += 1
-        embedded = _pca(sums / counts[:, None], n_components)
-    else:
-        order = np.argsort(np.where(drug >= 0, cell * len(train) + drug, -1), kind="stable")
-        squared = _pairwise(
-            x, order, drug, cell, len(train), train, method, max_cells, epsilon, seed
-        )
-        embedded = _mds(squared, n_components)
 
-    return pd.DataFrame(
-        embedded.astype(np.float32),
-        index=pd.Index(train, name=condition_key),
-        columns=[f"effect_{i + 1}" for i in range(n_components)],
+def _mean_shifts(cells: _Cells, control_of: dict[int, np.ndarray]) -> np.ndarray:
+    """``[k, d]``: per drug the mean shift from matching controls, averaged over groups."""
+    n_cell, n_dose = len(cells.cell_names), int(cells.dose.max()) + 1
+    drug, cell, dose = cells.drug, cells.cell, cells.dose
+    keys, means = _group_means(
+        cells.x, np.where(drug >= 0, (drug * n_cell + cell) * n_dose + dose, -1)
     )
+    sums = np.zeros((len(cells.train), cells.x.shape[1]))
+    counts = np.zeros(len(cells.train))
+    for key, mean in zip(keys, means, strict=True):
+        if key < 0:
+            continue
+        i, c = key // (n_cell * n_dose), (key // n_dose) % n_cell
+        sums[i] += mean - control_of[c]
+        counts[i] += 1
+    return sums / counts[:, None]
+
+
+def _structure_inputs(effect_table: pd.DataFrame, structure_table: pd.DataFrame):
+    """The effect table (string index), the unseen drugs and z-scored structure rows.
+
+    Returns:
+      ``(effect, unseen, z_seen [k, f], z_new [u, f])``, z-scored with the seen drugs' mean
+      and standard deviation (constant columns only centred).
+    """
+    effect = effect_table.copy()
+    effect.index = effect.index.astype(str)
+    structure = structure_table.copy()
+    structure.index = structure.index.astype(str)
+    missing = [d for d in effect.index if d not in structure.index]
+    if missing:
+        raise DataError(
+            f"{len(missing)} seen drugs have no structure row: "
+            f"{', '.join(repr(m) for m in missing[:5])}{suggest(missing[0], structure.index)}"
+        )
+    unseen = [d for d in structure.index if d not in set(effect.index)]
+    if not unseen:
+        return effect, unseen, None, None
+    s_seen = structure.loc[effect.index].to_numpy(np.float64)
+    s_new = structure.loc[unseen].to_numpy(np.float64)
+    if not (np.isfinite(s_seen).all() and np.isfinite(s_new).all()):
+        raise DataError("the structure table contains NaN or inf")
+    mean, std = s_seen.mean(axis=0), s_seen.std(axis=0)
+    scale = np.where(std > 1e-12, std, 1.0)
+    return effect, unseen, (s_seen - mean) / scale, (s_new - mean) / scale
 
 
 def infer_effect_embedding(
@@ -395,8 +467,9 @@ def infer_effect_embedding(
       structure_table: structure features (e.g. :func:`~condmonge.conditions.smiles.
         smiles_embedding`) of the seen drugs and of the drugs to infer.
       method: ``"knn"``: inverse-distance weighted mean of the ``k`` nearest seen drugs in
-        structure space; ``"ridge"``: kernel-form ridge regression, penalty ``alpha`` times the
-        mean squared norm of the z-scored structure rows.
+        structure space; ``"ridge"``: kernel-form ridge regression.
+      k: neighbours of ``"knn"``.
+      alpha: penalty of ``"ridge"``, times the mean squared norm of the z-scored structure rows.
 
     Returns:
       float32 table: the rows of ``effect_table`` unchanged, then one predicted row per unseen
@@ -409,34 +482,12 @@ def infer_effect_embedding(
     for name, table in (("effect", effect_table), ("structure", structure_table)):
         if not isinstance(table, pd.DataFrame) or table.empty:
             raise DataError(f"the {name} table must be a non-empty DataFrame (index = drug names)")
-    effect = effect_table.copy()
-    effect.index = effect.index.astype(str)
-    structure = structure_table.copy()
-    structure.index = structure.index.astype(str)
-    missing = [d for d in effect.index if d not in structure.index]
-    if missing:
-        raise DataError(
-            f"{len(missing)} seen drugs have no structure row: "
-            f"{', '.join(repr(m) for m in missing[:5])}{suggest(missing[0], structure.index)}"
-        )
-    unseen = [d for d in structure.index if d not in set(effect.index)]
+    effect, unseen, z_seen, z_new = _structure_inputs(effect_table, structure_table)
     if not unseen:
         return effect.astype(np.float32)
-    s_seen = structure.loc[effect.index].to_numpy(np.float64)
-    s_new = structure.loc[unseen].to_numpy(np.float64)
-    if not (np.isfinite(s_seen).all() and np.isfinite(s_new).all()):
-        raise DataError("the structure table contains NaN or inf")
-    mean, std = s_seen.mean(axis=0), s_seen.std(axis=0)
-    scale = np.where(std > 1e-12, std, 1.0)
-    z_seen, z_new = (s_seen - mean) / scale, (s_new - mean) / scale
     y = effect.to_numpy(np.float64)
     if method == "knn":
-        sq = (
-            (z_new * z_new).sum(1)[:, None]
-            + (z_seen * z_seen).sum(1)[None, :]
-            - 2.0 * z_new @ z_seen.T
-        )
-        dist = np.sqrt(np.maximum(sq, 0.0))
+        dist = np.sqrt(sq_distances(z_new, z_seen))
         n = min(k, len(effect))
         nearest = np.argsort(dist, axis=1, kind="stable")[:, :n]
         d = np.take_along_axis(dist, nearest, axis=1)
@@ -445,10 +496,8 @@ def infer_effect_embedding(
         predicted = np.einsum("nk,nkj->nj", weights, y[nearest])
     else:
         y_mean = y.mean(axis=0)
-        gram = z_seen @ z_seen.T
-        penalty = alpha * max(float(np.trace(gram)) / len(gram), 1e-12)
-        coef = np.linalg.solve(gram + penalty * np.eye(len(gram)), y - y_mean)
-        predicted = z_new @ z_seen.T @ coef + y_mean
+        penalty = alpha * max(float(np.mean(np.sum(z_seen * z_seen, axis=1))), 1e-12)
+        predicted = z_new @ ridge_dual(z_seen, y - y_mean, penalty) + y_mean
     inferred = pd.DataFrame(predicted, index=pd.Index(unseen), columns=effect.columns)
     out = pd.concat([effect, inferred]).astype(np.float32)
     out.index.name = effect_table.index.name

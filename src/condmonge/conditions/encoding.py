@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 
-from condmonge.conditions.encoders import FeatureEncoder, encoder_from_state
+from condmonge.conditions.encoders import (
+    FeatureEncoder,
+    OneHotEncoder,
+    TableEncoder,
+    encoder_from_state,
+)
 from condmonge.conditions.spec import Condition, log_dose
-from condmonge.errors import UnknownConditionError
+from condmonge.data.spec import ConditionSpec
+from condmonge.errors import DataError, UnknownConditionError
 
-__all__ = ["ConditionEncoder", "EncodedConditions"]
+__all__ = ["ConditionEncoder", "EncodedConditions", "Embeddings", "build_encoder"]
+
+#: Tables (index = name, numeric columns) keyed by the obs column they describe, or callables
+#: ``table(fit_names) -> DataFrame`` that see the training names only.
+Embeddings = Mapping[str, pd.DataFrame | Callable[[Sequence[str]], pd.DataFrame]]
 
 
 class EncodedConditions(NamedTuple):
@@ -19,7 +30,7 @@ class EncodedConditions(NamedTuple):
 
     Attributes:
       perturbation: ``[k, m, p]`` perturbation features (zero rows where masked).
-      log_dose: ``[k, m]`` :math:`\\log_{10}(1 + \\text{dose})` per perturbation.
+      log_dose: ``[k, m]`` :math:`\log_{10}(1 + \text{dose})` per perturbation.
       mask: ``[k, m]`` 1 for a real perturbation, 0 for padding (the control has none).
       context: ``[k, q]`` cell-type features and covariates (``q`` may be 0).
     """
@@ -28,6 +39,11 @@ class EncodedConditions(NamedTuple):
     log_dose: np.ndarray
     mask: np.ndarray
     context: np.ndarray
+
+    def take(self, index: np.ndarray | Sequence[int]) -> EncodedConditions:
+        """The conditions ``index [j]`` (with repeats, e.g. for padding), leading size ``j``."""
+        index = np.asarray(index, np.int64)
+        return EncodedConditions(*(np.asarray(a)[index] for a in self))
 
 
 class ConditionEncoder:
@@ -119,3 +135,54 @@ class ConditionEncoder:
             meta["n_covariates"],
             meta["max_perturbations"],
         )
+
+
+def build_encoder(
+    conditions: Sequence[Condition],
+    cell_types: Sequence[str],
+    spec: ConditionSpec,
+    embeddings: Embeddings | None = None,
+) -> ConditionEncoder:
+    """The encoder of a run, fitted on its training ``conditions`` only.
+
+    Args:
+      conditions: the ``K`` training conditions (their perturbations are the vocabulary).
+      cell_types: the cell types to encode (every one with cells in the training data).
+      spec: the data's meaning (which modalities exist; the keys of ``embeddings``).
+      embeddings: tables or table factories keyed by ``spec.condition_key`` (or
+        ``"perturbation"``) and ``spec.cell_type_key`` (or ``"cell_type"``); a modality without
+        one is one-hot encoded, so only seen names can be predicted.
+
+    Returns:
+      A :class:`ConditionEncoder` whose set size is the largest training combination.
+    """
+    embeddings = embeddings or {}
+    valid = {spec.condition_key, spec.cell_type_key, "perturbation", "cell_type"}
+    unknown = set(embeddings) - valid
+    if unknown:
+        raise DataError(
+            f"embeddings given for {sorted(unknown)}; key them by the condition column "
+            f"'{spec.condition_key}'"
+            + (f" or the cell-type column '{spec.cell_type_key}'" if spec.cell_type_key else "")
+        )
+    perts = sorted({p for c in conditions for p in c.perturbations})
+    pert_encoder = _modality_encoder(
+        embeddings, (spec.condition_key, "perturbation"), perts, "perturbation"
+    )
+    cell_encoder = None
+    if spec.cell_type_key is not None:
+        types = sorted({str(t) for t in cell_types})
+        cell_encoder = _modality_encoder(
+            embeddings, (spec.cell_type_key, "cell_type"), types, "cell type"
+        )
+    max_set = max(len(c.perturbations) for c in conditions)
+    return ConditionEncoder(pert_encoder, cell_encoder, len(spec.covariate_keys), max_set)
+
+
+def _modality_encoder(
+    embeddings: Embeddings, keys: Sequence[str | None], names: list[str], what: str
+) -> FeatureEncoder:
+    """A table encoder from the first of ``keys`` in ``embeddings``, else one-hot."""
+    table = next((embeddings[k] for k in keys if k is not None and k in embeddings), None)
+    table = table(names) if callable(table) else table  # fitted on training names only
+    return TableEncoder(table, what).fit(names) if table is not None else OneHotEncoder(names, what)

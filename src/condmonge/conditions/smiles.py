@@ -36,8 +36,14 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import rdkit
+from rdkit import Chem
+from rdkit.Chem import Descriptors, rdFingerprintGenerator
+from rdkit.rdBase import BlockLogs
 
+from condmonge.data.pca import principal_axes
 from condmonge.errors import ConfigError, DataError, suggest
+from condmonge.files import replace_atomically
 
 __all__ = [
     "SmilesSpec",
@@ -61,17 +67,6 @@ def default_cache_dir() -> Path:
     root = os.environ.get("CONDMONGE_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "condmonge"
     return base / "smiles"
-
-
-def _rdkit():
-    try:
-        import rdkit
-        from rdkit import Chem
-        from rdkit.Chem import Descriptors, rdFingerprintGenerator
-        from rdkit.rdBase import BlockLogs
-    except ImportError as exc:  # pragma: no cover - rdkit is a dependency
-        raise ImportError("SMILES embeddings need RDKit: pip install rdkit") from exc
-    return rdkit, Chem, Descriptors, rdFingerprintGenerator, BlockLogs
 
 
 def _as_series(smiles: Mapping[str, str] | pd.Series) -> pd.Series:
@@ -106,20 +101,19 @@ def _missing_error(missing: Sequence[str], total: int, where: str) -> DataError:
 
 def _canonical(series: pd.Series) -> dict[str, str]:
     """Parse every SMILES; return ``{drug: canonical SMILES}`` or raise naming the bad ones."""
-    _, chem, _, _, block_logs = _rdkit()
     missing = [name for name, s in series.items() if _is_missing(s)]
     if missing:
         raise _missing_error(missing, len(series), "in the table")
     out = {}
-    with block_logs():
+    with BlockLogs():
         for name, smi in series.items():
-            mol = chem.MolFromSmiles(str(smi).strip())
+            mol = Chem.MolFromSmiles(str(smi).strip())
             if mol is None or mol.GetNumAtoms() == 0:
                 raise DataError(
                     f"drug '{name}' has an invalid SMILES '{smi}' (RDKit cannot parse it); fix or "
                     "remove that row"
                 )
-            out[name] = chem.MolToSmiles(mol)
+            out[name] = Chem.MolToSmiles(mol)
     return out
 
 
@@ -127,14 +121,13 @@ def _compute_block(
     smiles: str, block: str, radius: int, n_bits: int
 ) -> tuple[np.ndarray, list[str]]:
     """Features of one canonical SMILES: values (float64) and column names."""
-    _, chem, descriptors, fp_gen, block_logs = _rdkit()
-    with block_logs():
-        mol = chem.MolFromSmiles(smiles)
+    with BlockLogs():
+        mol = Chem.MolFromSmiles(smiles)
         if block == "morgan_counts":
-            generator = fp_gen.GetMorganGenerator(radius=radius, fpSize=n_bits)
+            generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
             values = generator.GetCountFingerprintAsNumPy(mol).astype(np.float64)
             return values, [f"morgan_{i}" for i in range(n_bits)]
-        found = descriptors.CalcMolDescriptors(mol, missingVal=np.nan)
+        found = Descriptors.CalcMolDescriptors(mol, missingVal=np.nan)
     names, values = [], []
     for name, value in found.items():
         value = float(value) if value is not None else np.nan
@@ -160,7 +153,6 @@ def _cache_key(smiles: str, block: str, radius: int, n_bits: int, version: str) 
 def _cached_block(
     smiles: str, block: str, radius: int, n_bits: int, cache: Path | None
 ) -> tuple[np.ndarray, list[str]]:
-    rdkit = _rdkit()[0]
     if cache is None:
         return _compute_block(smiles, block, radius, n_bits)
     key = _cache_key(smiles, block, radius, n_bits, rdkit.__version__)
@@ -173,15 +165,13 @@ def _cached_block(
     except (OSError, ValueError, KeyError):
         pass  # absent or damaged: recompute and overwrite
     values, columns = _compute_block(smiles, block, radius, n_bits)
+    meta = {"smiles": smiles, "block": block, "rdkit": rdkit.__version__, "columns": columns}
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{key}.{os.getpid()}.tmp.npy"
-        np.save(tmp, values, allow_pickle=False)
-        os.replace(tmp, array_path)
-        meta = {"smiles": smiles, "block": block, "rdkit": rdkit.__version__, "columns": columns}
-        tmp_meta = cache / f".{key}.{os.getpid()}.tmp.json"
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, meta_path)  # written last: a hit needs both files
+        replace_atomically(
+            array_path, lambda tmp: np.save(tmp, values, allow_pickle=False), suffix=".npy"
+        )
+        # Written last: a hit needs both files.
+        replace_atomically(meta_path, lambda tmp: tmp.write_text(json.dumps(meta)))
     except OSError as exc:
         warnings.warn(f"cannot write the SMILES feature cache in {cache}: {exc}", stacklevel=3)
     return values, columns
@@ -289,22 +279,10 @@ def smiles_features(
     return out
 
 
-def read_smiles_table(
-    path: str | os.PathLike, name_column: str | None = None, smiles_column: str | None = None
-) -> pd.Series:
-    """Read a CSV of drug names and SMILES into a Series (index = drug name, values = SMILES).
-
-    Columns are found by name when not given: the SMILES column is named like ``smiles`` /
-    ``smile`` / ``SMILES`` (case-insensitive), the names come from a column ``drug``, ``name``,
-    ``compound``, ``perturbation`` or ``condition``, else from the first other text column.
-    Rows repeating a drug with the same SMILES are merged; conflicting repeats raise.
-    """
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise DataError(f"SMILES table '{path}' does not exist") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"SMILES table '{path}' is not a readable CSV: {exc}") from None
+def _smiles_columns(
+    frame: pd.DataFrame, path: object, name_column: str | None, smiles_column: str | None
+) -> tuple[str, str]:
+    """The ``(name, SMILES)`` columns of a SMILES table: given, or found by name."""
     lower = {str(c).lower(): c for c in frame.columns}
 
     def pick(given: str | None, candidates: Sequence[str], what: str) -> str | None:
@@ -336,6 +314,31 @@ def read_smiles_table(
                 f"{list(frame.columns)}); pass name_column="
             )
         name_col = text[0]
+    return name_col, smiles_col
+
+
+def read_smiles_table(
+    path: str | os.PathLike, name_column: str | None = None, smiles_column: str | None = None
+) -> pd.Series:
+    """Read a CSV of drug names and SMILES into a Series (index = drug name, values = SMILES).
+
+    Columns are found by name when not given: the SMILES column is named like ``smiles`` /
+    ``smile`` / ``SMILES`` (case-insensitive), the names come from a column ``drug``, ``name``,
+    ``compound``, ``perturbation`` or ``condition``, else from the first other text column.
+    Rows repeating a drug with the same SMILES are merged; conflicting repeats raise.
+
+    Args:
+      path: the CSV file.
+      name_column: the column of drug names (``None``: found by name).
+      smiles_column: the column of SMILES (``None``: found by name).
+    """
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"SMILES table '{path}' does not exist") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"SMILES table '{path}' is not a readable CSV: {exc}") from None
+    name_col, smiles_col = _smiles_columns(frame, path, name_column, smiles_column)
     names = frame[name_col]
     if names.isna().any():
         raise DataError(f"SMILES table '{path}' has rows without a drug name in '{name_col}'")
@@ -367,6 +370,11 @@ def reduce_embedding(
 
     Returns:
       float32 table, same index, columns ``pc_1 ... pc_k``.
+
+    Args:
+      table: ``[drugs, features]`` numeric table (index = names).
+      n_components: number of axes ``k``.
+      fit_names: the training rows (``None``: all rows).
     """
     if not isinstance(table, pd.DataFrame) or table.shape[1] == 0:
         raise DataError("reduce_embedding needs a non-empty DataFrame (index = names)")
@@ -384,11 +392,9 @@ def reduce_embedding(
     mean = train.mean(axis=0)
     std = train.std(axis=0)
     scale = np.where(std > 1e-12, std, 1.0)
-    _, _, vt = np.linalg.svd((train - mean) / scale, full_matrices=False)
-    axes = vt[:n_components]
-    signs = np.sign(axes[np.arange(n_components), np.abs(axes).argmax(axis=1)])
-    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
-    projected = ((values - mean) / scale) @ axes.T
+    solver = "svd" if len(train) < train.shape[1] else "auto"  # axes beyond the rank: the SVD's
+    axes = principal_axes((train - mean) / scale, n_components, solver=solver).components
+    projected = ((values - mean) / scale) @ axes
     return pd.DataFrame(
         projected.astype(np.float32),
         index=table.index,
@@ -396,7 +402,7 @@ def reduce_embedding(
     )
 
 
-def smiles_embedding(
+def smiles_embedding(  # noqa: PLR0913  keyword options of a public, documented entry point
     source: str | os.PathLike | Mapping[str, str] | pd.Series,
     kind: Kind = "descriptors",
     n_components: int | None = None,
@@ -418,6 +424,17 @@ def smiles_embedding(
     controls are no perturbation and need no row. Pass the result as
     ``embeddings={condition_key: table}``; the model z-scores it again with the training drugs'
     statistics.
+
+    Args:
+      source: a CSV path, a Series or a mapping ``{drug: SMILES}``.
+      kind, radius, n_bits, cache_dir: as :func:`smiles_features`.
+      n_components: reduce to this many principal components (``None``: the features).
+      fit_names: the training drugs.
+      name_column, smiles_column: as :func:`read_smiles_table`.
+      control: the control label, whose row is dropped.
+
+    Returns:
+      float32 ``[drugs, features or n_components]`` table.
     """
     if isinstance(source, str | os.PathLike):
         series = read_smiles_table(source, name_column, smiles_column)
@@ -470,6 +487,9 @@ def parse_smiles_spec(value: str) -> SmilesSpec | None:
     principal components, fitted on the training drugs), ``radius`` and ``bits`` (Morgan).
     Returns ``None`` when ``value`` does not start with ``smiles`` followed by ``:`` or ``,``
     (an ordinary embedding table path).
+
+    Args:
+      value: the value after ``KEY=`` on the command line.
     """
     if not re.match(r"^smiles[,:]", value):
         return None

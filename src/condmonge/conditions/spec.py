@@ -1,90 +1,16 @@
-"""What a condition is: a set of perturbations with doses, in a cell type, with covariates."""
+r"""Conditions as the network sees them: the dose feature.
+
+:class:`Condition`, :func:`parse_perturbations` and :func:`parse_doses` describe the data and live
+in :mod:`condmonge.data.spec`; they are also importable from here.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from condmonge.errors import UnknownConditionError
+from condmonge.data.spec import Condition, parse_doses, parse_perturbations
 
 __all__ = ["Condition", "log_dose", "parse_doses", "parse_perturbations"]
-
-
-@dataclass(frozen=True, order=True)
-class Condition:
-    """One treatment condition.
-
-    Attributes:
-      perturbations: perturbation names, sorted so that ``A+B`` and ``B+A`` are one condition.
-        Empty for the control.
-      doses: one dose per perturbation (same order); ``1.0`` when the data carry no dose.
-      cell_type: the cell type (or line) whose control cells are the source, or ``None``.
-      covariates: optional numeric covariates, in the order of ``DataConfig.covariate_keys``.
-    """
-
-    perturbations: tuple[str, ...]
-    doses: tuple[float, ...]
-    cell_type: str | None = None
-    covariates: tuple[float, ...] = ()
-
-    def label(self, sep: str = "+") -> str:
-        """The perturbation part as written in ``obs``, e.g. ``"A+B"``."""
-        return sep.join(self.perturbations)
-
-    def dose_label(self, sep: str = "+") -> str:
-        """The doses as written in ``obs``, e.g. ``"1+1"`` (integers without decimals)."""
-        return sep.join(_format_number(d) for d in self.doses)
-
-    def key(self, sep: str = "+") -> str:
-        """A readable unique name, e.g. ``"A+B|dose=1+1|cell_type=k562"``."""
-        parts = [self.label(sep), f"dose={self.dose_label(sep)}"]
-        if self.cell_type is not None:
-            parts.append(f"cell_type={self.cell_type}")
-        if self.covariates:
-            parts.append("covariates=" + ",".join(_format_number(c) for c in self.covariates))
-        return "|".join(parts)
-
-
-def _format_number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def parse_perturbations(label: str, sep: str = "+") -> tuple[str, ...]:
-    """Split ``"A+B"`` into ``("A", "B")``; names are stripped, empty names are errors."""
-    names = tuple(part.strip() for part in str(label).split(sep))
-    if any(not name for name in names):
-        raise UnknownConditionError(
-            f"condition label '{label}' has an empty perturbation name; write combinations as "
-            f"'A{sep}B'"
-        )
-    return names
-
-
-def parse_doses(value: object, n_perturbations: int, sep: str = "+") -> tuple[float, ...]:
-    """Parse a dose cell (``10``, ``"10"``, ``"1+1"``) into one non-negative dose per perturbation.
-
-    A single dose applies to every perturbation of a combination.
-    """
-    parts = str(value).split(sep) if isinstance(value, str) else [value]
-    doses = []
-    for part in parts:
-        try:
-            dose = float(part)
-        except (TypeError, ValueError):
-            raise UnknownConditionError(
-                f"dose '{value}' is not a number; doses must be numeric (combinations as '1{sep}1')"
-            ) from None
-        if not math.isfinite(dose) or dose < 0:
-            raise UnknownConditionError(f"dose '{value}' must be a finite number >= 0")
-        doses.append(dose)
-    if len(doses) == 1:
-        return tuple(doses) * n_perturbations
-    if len(doses) != n_perturbations:
-        raise UnknownConditionError(
-            f"dose '{value}' gives {len(doses)} doses for {n_perturbations} perturbations; "
-            f"give one dose, or one per perturbation joined by '{sep}'"
-        )
-    return tuple(doses)
 
 
 def log_dose(dose: float) -> float:

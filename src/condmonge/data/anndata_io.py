@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from condmonge.config import DataConfig
 from condmonge.errors import DataError, DataWarning, suggest
+from condmonge.files import replace_atomically
 
 __all__ = [
     "RAW_COUNT_MAX",
@@ -50,14 +51,6 @@ def read_h5ad(path: str | Path) -> ad.AnnData:
         ) from None
 
 
-def _require_obs(adata: ad.AnnData, key: str | None, flag: str) -> None:
-    if key is not None and key not in adata.obs.columns:
-        raise DataError(
-            f"adata.obs has no column '{key}'{suggest(key, adata.obs.columns)}; set {flag} to one "
-            f"of: {', '.join(map(str, adata.obs.columns[:12]))}"
-        )
-
-
 def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool = True) -> None:
     """Check that ``adata`` can be trained on (or predicted from) with ``cfg``.
 
@@ -67,38 +60,8 @@ def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool 
     features, and negative values in integer-valued (count-like) X. Warns
     (:class:`DataWarning`) when X looks like raw counts.
     """
-    if adata.n_obs == 0:
-        raise DataError("the AnnData has no cells")
-    _require_obs(adata, cfg.condition_key, "condition_key (--condition-key)")
-    _require_obs(adata, cfg.dose_key, "dose_key (--dose-key)")
-    _require_obs(adata, cfg.cell_type_key, "cell_type_key (--cell-type-key)")
-    for key in cfg.covariate_keys:
-        _require_obs(adata, key, "covariate_keys")
-        if not pd.api.types.is_numeric_dtype(adata.obs[key]):
-            raise DataError(f"adata.obs['{key}'] is a covariate and must be numeric")
-    labels = adata.obs[cfg.condition_key]
-    if labels.isna().any():
-        raise DataError(
-            f"adata.obs['{cfg.condition_key}'] has {int(labels.isna().sum())} missing values; "
-            "label every cell (controls with the control label)"
-        )
-    labels = labels.astype(str)
-    empty = np.flatnonzero(labels.str.strip().to_numpy() == "")
-    if empty.size:
-        raise DataError(
-            f"adata.obs['{cfg.condition_key}'] has {empty.size} empty labels (first at row "
-            f"{empty[0]}); label every cell (controls with the control label)"
-        )
-    if not (labels == cfg.control).any():
-        raise DataError(
-            f"control label '{cfg.control}' not found in adata.obs['{cfg.condition_key}']"
-            f"{suggest(cfg.control, labels.unique())}; set control (--control) to the label of "
-            "untreated cells"
-        )
-    if require_treated and (labels == cfg.control).all():
-        raise DataError(
-            f"adata.obs['{cfg.condition_key}'] holds only control cells; nothing to learn"
-        )
+    cfg.spec.validate(adata, require_treated=require_treated)  # the obs keys and labels
+    labels = adata.obs[cfg.condition_key].astype(str)
     if cfg.use_rep is None:
         require_unique_names(adata.var_names, "adata.var_names", "var_names_make_unique")
     require_unique_names(adata.obs_names, "adata.obs_names", "obs_names_make_unique")
@@ -271,6 +234,4 @@ def align_features(adata: ad.AnnData, names: Sequence[str], use_rep: str | None)
 
 def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> Path:
     """Write ``adata`` to a temporary file beside ``path`` and rename it: never half-written."""
-    from condmonge.files import replace_atomically
-
     return replace_atomically(path, adata.write_h5ad, suffix=".h5ad")

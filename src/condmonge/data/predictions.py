@@ -13,92 +13,122 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from condmonge.conditions.spec import Condition
-from condmonge.config import DataConfig
+from condmonge.data.anndata_io import align_features, check_expression, require_unique_names
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.errors import DataError, UnknownConditionError
 
-__all__ = ["assemble_prediction", "control_rows"]
+__all__ = [
+    "BatchTransport",
+    "assemble_prediction",
+    "control_rows",
+    "per_condition",
+    "query_features",
+]
 
 
-def control_rows(adata: ad.AnnData, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+def query_features(adata: ad.AnnData, names: Sequence[str], spec: ConditionSpec) -> np.ndarray:
+    """``[n_obs, d]`` features of a query in the model's order ``names``, checked.
+
+    Args:
+      adata: the query cells.
+      names: ``[d]`` the model's genes (matched by name) or ``obsm`` columns.
+      spec: its ``use_rep`` says where the features are.
+    """
+    x = align_features(adata, names, spec.use_rep)
+    if not np.isfinite(x).all():
+        raise DataError("the query's features contain NaN or inf; remove those cells")
+    if spec.use_rep is None:
+        check_expression(x, "the query's adata.X")
+    require_unique_names(adata.obs_names, "the query's adata.obs_names", "obs_names_make_unique")
+    return x
+
+
+def control_rows(adata: ad.AnnData, spec: ConditionSpec) -> tuple[np.ndarray, np.ndarray]:
     """Control mask ``[n]`` and cell type ``[n]`` (``None`` without a cell-type key) of a query.
 
     Without the condition column in ``obs`` every cell counts as a control.
+
+    Args:
+      adata: the query cells.
+      spec: obs column names and the control label.
     """
-    if cfg.condition_key in adata.obs:
-        is_control = adata.obs[cfg.condition_key].astype(str).to_numpy() == cfg.control
+    if spec.condition_key in adata.obs:
+        is_control = adata.obs[spec.condition_key].astype(str).to_numpy() == spec.control
         if not is_control.any():
             raise DataError(
-                f"adata.obs['{cfg.condition_key}'] has no '{cfg.control}' cells to predict from"
+                f"adata.obs['{spec.condition_key}'] has no '{spec.control}' cells to predict from"
             )
     else:
         is_control = np.ones(adata.n_obs, bool)
-    if cfg.cell_type_key is not None:
-        if cfg.cell_type_key not in adata.obs:
+    if spec.cell_type_key is not None:
+        if spec.cell_type_key not in adata.obs:
             raise DataError(
-                f"adata.obs has no column '{cfg.cell_type_key}'; the model maps controls per "
+                f"adata.obs has no column '{spec.cell_type_key}'; the model maps controls per "
                 "cell type, so the query needs it"
             )
-        types = adata.obs[cfg.cell_type_key].astype(str).to_numpy().astype(object)
+        types = adata.obs[spec.cell_type_key].astype(str).to_numpy().astype(object)
     else:
         types = np.full(adata.n_obs, None, dtype=object)
     return is_control, types
+
+
+#: ``(x [n, d], which [j]) -> [j, n, d]``: cells ``x`` pushed through the conditions
+#: ``which`` (indices into the query's conditions) at once.
+BatchTransport = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def per_condition(
+    transport: Callable[[np.ndarray, Condition], np.ndarray], conditions: Sequence[Condition]
+) -> BatchTransport:
+    """A :data:`BatchTransport` from a one-condition ``transport(x [n, d], condition)``."""
+
+    def batch(x: np.ndarray, which: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(transport(x, conditions[i]), np.float32) for i in which])
+
+    return batch
 
 
 def assemble_prediction(
     adata: ad.AnnData,
     x: np.ndarray,
     conditions: Sequence[Condition],
-    transport: Callable[[np.ndarray, Condition], np.ndarray],
-    cfg: DataConfig,
+    transport: BatchTransport,
+    spec: ConditionSpec,
     feature_names: Sequence[str],
     uns: Mapping[str, Any] | None = None,
 ) -> ad.AnnData:
-    """Push the control cells of ``adata`` through ``transport`` for each condition.
+    """Push the control cells of ``adata`` through ``transport`` for every condition.
+
+    The conditions of one cell type share their source cells, so each cell type's controls go
+    through ``transport`` once, with all of its conditions.
 
     Args:
       adata: the query (its ``obs`` supplies control labels, cell types and names).
       x: ``[n_obs, d]`` features of ``adata`` already aligned to ``feature_names``.
       conditions: one predicted block per condition, sourced from controls of its cell type.
-      transport: ``(x_controls, condition) -> predicted [n, d]``.
-      cfg: obs column names.
+      transport: ``(x_controls [n, d], which [j]) -> [j, n, d]`` for the conditions ``which``
+        (see :func:`per_condition` for a one-condition transport).
+      spec: obs column names.
+      feature_names: ``[d]`` names of the output's ``var``.
       uns: stored under ``uns['condmonge']``.
 
     Returns:
       AnnData whose ``obs`` holds the condition columns, ``condition_id``, ``source_index`` and
-      ``source_obs_name`` (the query cell each prediction came from).
+      ``source_obs_name`` (the query cell each prediction came from), one block per condition
+      in the order of ``conditions``.
     """
     if not conditions:
         raise UnknownConditionError("no conditions to predict")
-    is_control, types = control_rows(adata, cfg)
-    blocks, frames = [], []
-    for cond in conditions:
-        mask = is_control & (types == cond.cell_type) if cfg.cell_type_key else is_control
-        rows = np.flatnonzero(mask)
-        if rows.size == 0:
-            raise DataError(
-                f"no control cells of cell type '{cond.cell_type}' in the query data for "
-                f"'{cond.label(cfg.combination_sep)}'"
-            )
-        blocks.append(np.asarray(transport(x[rows], cond), np.float32))
-        frame = pd.DataFrame(
-            {
-                cfg.condition_key: cond.label(cfg.combination_sep),
-                "condition_id": cond.key(cfg.combination_sep),
-                "source_index": rows,
-                "source_obs_name": adata.obs_names[rows].astype(str),
-            }
-        )
-        if cfg.dose_key:
-            frame[cfg.dose_key] = cond.dose_label(cfg.combination_sep)
-        if cfg.cell_type_key:
-            frame[cfg.cell_type_key] = cond.cell_type
-        for key, value in zip(cfg.covariate_keys, cond.covariates, strict=True):
-            frame[key] = value
-        frames.append(frame)
+    is_control, types = control_rows(adata, spec)
+    sources = _source_rows(conditions, is_control, types, spec)
+    blocks: list[np.ndarray] = [np.empty(0)] * len(conditions)
+    for rows, which in sources.values():
+        for i, block in zip(which, transport(x[rows], np.asarray(which)), strict=True):
+            blocks[i] = np.asarray(block, np.float32)
+    frames = [_block_obs(adata, cond, sources[cond.cell_type][0], spec) for cond in conditions]
     obs = pd.concat(frames, ignore_index=True)
     obs.index = [f"pred-{i}" for i in range(len(obs))]
-    for column in [cfg.condition_key, "condition_id", cfg.dose_key, cfg.cell_type_key]:
+    for column in [spec.condition_key, "condition_id", spec.dose_key, spec.cell_type_key]:
         if column:
             obs[column] = obs[column].astype("category")
     var = pd.DataFrame(index=pd.Index([str(f) for f in feature_names], dtype=str))
@@ -106,3 +136,43 @@ def assemble_prediction(
     if uns is not None:
         out.uns["condmonge"] = dict(uns)
     return out
+
+
+def _source_rows(
+    conditions: Sequence[Condition], is_control: np.ndarray, types: np.ndarray, spec: ConditionSpec
+) -> dict[str | None, tuple[np.ndarray, list[int]]]:
+    """Per cell type of the query: its control rows and the indices of its conditions."""
+    sources: dict[str | None, tuple[np.ndarray, list[int]]] = {}
+    for i, cond in enumerate(conditions):
+        if cond.cell_type not in sources:
+            mask = is_control & (types == cond.cell_type) if spec.cell_type_key else is_control
+            rows = np.flatnonzero(mask)
+            if rows.size == 0:
+                raise DataError(
+                    f"no control cells of cell type '{cond.cell_type}' in the query data for "
+                    f"'{cond.label(spec.combination_sep)}'"
+                )
+            sources[cond.cell_type] = (rows, [])
+        sources[cond.cell_type][1].append(i)
+    return sources
+
+
+def _block_obs(
+    adata: ad.AnnData, cond: Condition, rows: np.ndarray, spec: ConditionSpec
+) -> pd.DataFrame:
+    """The ``obs`` rows of one predicted block."""
+    frame = pd.DataFrame(
+        {
+            spec.condition_key: cond.label(spec.combination_sep),
+            "condition_id": cond.key(spec.combination_sep),
+            "source_index": rows,
+            "source_obs_name": adata.obs_names[rows].astype(str),
+        }
+    )
+    if spec.dose_key:
+        frame[spec.dose_key] = cond.dose_label(spec.combination_sep)
+    if spec.cell_type_key:
+        frame[spec.cell_type_key] = cond.cell_type
+    for key, value in zip(spec.covariate_keys, cond.covariates, strict=True):
+        frame[key] = value
+    return frame

@@ -15,8 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from condmonge.conditions.spec import Condition, parse_doses, parse_perturbations
-from condmonge.config import DataConfig
+from condmonge.data.spec import Condition, ConditionSpec, parse_doses, parse_perturbations
 from condmonge.errors import DataError, UnknownConditionError
 
 __all__ = ["CellPools", "LabelledCells", "build_pools", "label_cells", "select_conditions"]
@@ -42,23 +41,28 @@ class LabelledCells:
         return self.condition_of_cell < 0
 
 
-def label_cells(adata: ad.AnnData, cfg: DataConfig) -> LabelledCells:
-    """Parse condition, dose, cell type and covariates of every cell into :class:`Condition`."""
+def label_cells(adata: ad.AnnData, spec: ConditionSpec) -> LabelledCells:
+    """Parse condition, dose, cell type and covariates of every cell into :class:`Condition`.
+
+    Args:
+      adata: cells annotated as ``spec`` says (only ``obs`` is read).
+      spec: the obs columns and the control label (a :class:`DataConfig` works too).
+    """
     obs = adata.obs
-    labels = obs[cfg.condition_key].astype(str).to_numpy()
-    doses = obs[cfg.dose_key].astype(str).to_numpy() if cfg.dose_key else np.full(len(obs), "1")
+    labels = obs[spec.condition_key].astype(str).to_numpy()
+    doses = obs[spec.dose_key].astype(str).to_numpy() if spec.dose_key else np.full(len(obs), "1")
     cell_types = (
-        obs[cfg.cell_type_key].astype(str).to_numpy()
-        if cfg.cell_type_key
+        obs[spec.cell_type_key].astype(str).to_numpy()
+        if spec.cell_type_key
         else np.full(len(obs), None, dtype=object)
     )
     covariates = (
-        obs[list(cfg.covariate_keys)].to_numpy(np.float64)
-        if cfg.covariate_keys
+        obs[list(spec.covariate_keys)].to_numpy(np.float64)
+        if spec.covariate_keys
         else np.zeros((len(obs), 0))
     )
     if covariates.size and not np.isfinite(covariates).all():
-        raise DataError(f"adata.obs covariates {list(cfg.covariate_keys)} contain NaN or inf")
+        raise DataError(f"adata.obs covariates {list(spec.covariate_keys)} contain NaN or inf")
     keys = pd.DataFrame({"label": labels, "dose": doses, "cell_type": cell_types.astype(str)})
     for j in range(covariates.shape[1]):
         keys[f"cov{j}"] = covariates[:, j]
@@ -66,16 +70,16 @@ def label_cells(adata: ad.AnnData, cfg: DataConfig) -> LabelledCells:
     by_group: dict[int, Condition | None] = {}
     first_row = pd.Series(np.arange(len(obs))).groupby(group_ids).first()
     for group, row in first_row.items():
-        if labels[row] == cfg.control:
+        if labels[row] == spec.control:
             by_group[group] = None
             continue
         by_group[group] = make_condition(
             labels[row],
-            doses[row] if cfg.dose_key else 1.0,
+            doses[row] if spec.dose_key else 1.0,
             cell_types[row],
             tuple(covariates[row]),
-            cfg.combination_sep,
-            where=f"adata.obs['{cfg.condition_key}'] row {row}",
+            spec.combination_sep,
+            where=f"adata.obs['{spec.condition_key}'] row {row}",
         )
     conditions = sorted({c for c in by_group.values() if c is not None})
     index = {c: i for i, c in enumerate(conditions)}
@@ -178,35 +182,30 @@ def build_pools(
     """
     rng = np.random.default_rng(seed)
     control_rows = np.flatnonzero(cells.is_control)
-    control_groups: dict[object, np.ndarray] = {}
-    for cell_type in pd.unique(cells.cell_type_of_cell[control_rows]):
-        control_groups[cell_type] = control_rows[cells.cell_type_of_cell[control_rows] == cell_type]
-
-    def split(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = rng.permutation(rows)
-        n_val = int(np.floor(validation_fraction * len(rows)))
-        n_val = min(n_val, len(rows) - 1)
-        return (rows[n_val:], rows[:n_val]) if n_val > 0 else (rows, rows)
-
-    control_split = {ct: split(rows) for ct, rows in control_groups.items()}
+    control_split = {
+        cell_type: _split_rows(
+            rng,
+            control_rows[cells.cell_type_of_cell[control_rows] == cell_type],
+            validation_fraction,
+        )
+        for cell_type in pd.unique(cells.cell_type_of_cell[control_rows])
+    }
     train_t, val_t, train_s, val_s = [], [], [], []
     for cid in condition_ids:
         cond = cells.conditions[cid]
         rows = np.flatnonzero(cells.condition_of_cell == cid)
         if rows.size == 0:
             raise DataError(f"condition '{cond.key()}' has no cells")
-        key = cond.cell_type
-        if key not in control_split:
+        if cond.cell_type not in control_split:
             raise DataError(
-                f"cell type '{key}' has treated cells ({cond.label()}) but no control cells; "
-                "add its controls or drop its cells"
+                f"cell type '{cond.cell_type}' has treated cells ({cond.label()}) but no control "
+                "cells; add its controls or drop its cells"
             )
-        tr, va = split(rows)
+        tr, va = _split_rows(rng, rows, validation_fraction)
         train_t.append(tr)
         val_t.append(va)
-        train_s.append(control_split[key][0])
-        val_s.append(control_split[key][1])
-
+        train_s.append(control_split[cond.cell_type][0])
+        val_s.append(control_split[cond.cell_type][1])
     # Store each distinct cell row once and remap indices into the compact matrix.
     used = np.unique(
         np.concatenate(train_t + val_t + [r for pair in control_split.values() for r in pair])
@@ -214,30 +213,43 @@ def build_pools(
     remap = np.full(features.shape[0], -1, np.int64)
     remap[used] = np.arange(used.size)
     compact = np.ascontiguousarray(features[used], dtype=np.float32)
+    return _pools(compact, remap, train_t, train_s), _pools(compact, remap, val_t, val_s)
 
-    def pools(targets: list[np.ndarray], sources: list[np.ndarray]) -> CellPools:
-        t_rows, t_start, t_count = _ranges([remap[t] for t in targets])
-        # Conditions of one cell type share their controls: store each group once.
-        unique_sources: dict[int, int] = {}
-        groups, s_start, s_count = [], [], []
-        offset = 0
-        for s in sources:
-            ident = id(s)
-            if ident not in unique_sources:
-                unique_sources[ident] = offset
-                groups.append(remap[s])
-                offset += len(s)
-            s_start.append(unique_sources[ident])
-            s_count.append(len(s))
-        s_rows = np.concatenate(groups).astype(np.int32)
-        return CellPools(
-            compact,
-            t_rows,
-            t_start,
-            t_count,
-            s_rows,
-            np.asarray(s_start, np.int32),
-            np.asarray(s_count, np.int32),
-        )
 
-    return pools(train_t, train_s), pools(val_t, val_s)
+def _split_rows(
+    rng: np.random.Generator, rows: np.ndarray, validation_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation rows of one group; a group too small to spare one shares it."""
+    rows = rng.permutation(rows)
+    n_val = int(np.floor(validation_fraction * len(rows)))
+    n_val = min(n_val, len(rows) - 1)
+    return (rows[n_val:], rows[:n_val]) if n_val > 0 else (rows, rows)
+
+
+def _pools(
+    compact: np.ndarray, remap: np.ndarray, targets: list[np.ndarray], sources: list[np.ndarray]
+) -> CellPools:
+    """Index ranges into ``compact`` of each condition's targets and sources."""
+    t_rows, t_start, t_count = _ranges([remap[t] for t in targets])
+    # Conditions of one cell type share their controls: store each group once.
+    unique_sources: dict[int, int] = {}
+    groups, s_start, s_count = [], [], []
+    offset = 0
+    for s in sources:
+        ident = id(s)
+        if ident not in unique_sources:
+            unique_sources[ident] = offset
+            groups.append(remap[s])
+            offset += len(s)
+        s_start.append(unique_sources[ident])
+        s_count.append(len(s))
+    s_rows = np.concatenate(groups).astype(np.int32)
+    return CellPools(
+        compact,
+        t_rows,
+        t_start,
+        t_count,
+        s_rows,
+        np.asarray(s_start, np.int32),
+        np.asarray(s_count, np.int32),
+    )

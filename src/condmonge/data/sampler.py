@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from condmonge.conditions.encoding import EncodedConditions
 from condmonge.data.prepare import CellPools
 
 __all__ = ["Batch", "sample_batch", "sample_cells"]
@@ -19,20 +18,21 @@ class Batch(NamedTuple):
     Attributes:
       source: ``[k, n, d]`` control cells of each condition's cell type.
       target: ``[k, n, d]`` treated cells of each condition.
-      condition: :class:`EncodedConditions` with leading axis ``k``.
+      condition: the drawn conditions: a pytree of arrays with leading axis ``k`` (the
+        network's inputs, e.g. :class:`~condmonge.conditions.encoding.EncodedConditions`).
       condition_index: ``[k]`` which of the ``K`` pool conditions were drawn.
     """
 
     source: jnp.ndarray
     target: jnp.ndarray
-    condition: EncodedConditions
+    condition: Any
     condition_index: jnp.ndarray
 
 
 def sample_batch(
     rng: jax.Array,
     pools: CellPools,
-    conditions: EncodedConditions,
+    conditions: Any,
     n_conditions: int,
     n_cells: int,
 ) -> Batch:
@@ -53,7 +53,7 @@ def sample_batch(
 def sample_cells(
     rng: jax.Array,
     pools: CellPools,
-    conditions: EncodedConditions,
+    conditions: Any,
     index: jnp.ndarray,
     n_cells: int,
 ) -> Batch:

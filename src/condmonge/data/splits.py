@@ -34,13 +34,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from condmonge.conditions.spec import Condition, parse_perturbations
-from condmonge.config import DataConfig
 from condmonge.data.prepare import label_cells
+from condmonge.data.spec import Condition, ConditionSpec, parse_perturbations
 from condmonge.errors import ConfigError, DataError, UnknownConditionError, suggest
 
 __all__ = [
     "SPLIT_KINDS",
+    "SplitPlan",
     "cell_type_split",
     "combination_split",
     "condition_split",
@@ -69,6 +69,75 @@ _SIDES = ["train", "test"]
 
 
 @dataclass(frozen=True)
+class SplitPlan:
+    """What a split holds out: every argument of :func:`make_split` but the data's meaning.
+
+    Attributes:
+      kind: one of :data:`SPLIT_KINDS`.
+      holdout: what to hold out (labels, perturbations, doses or cell types by ``kind``);
+        ``None`` draws a random ``fraction``. Not used by ``random`` and ``kfold``.
+      fraction: the random fraction (of cells for ``random``, else of the held-out units);
+        ``None`` is 0.2.
+      n_folds, fold: the k-fold over perturbations.
+      control_test_fraction: share of each cell type's controls put in test.
+      seed: seeds every random choice.
+    """
+
+    kind: str = "random"
+    holdout: Any = None
+    fraction: float | None = None
+    n_folds: int = 5
+    fold: int = 0
+    control_test_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPLIT_KINDS:
+            raise ConfigError(
+                f"unknown split kind '{self.kind}'{suggest(self.kind, SPLIT_KINDS)}; use one of "
+                f"{', '.join(SPLIT_KINDS)}"
+            )
+        if self.kind in ("random", "kfold") and self.holdout_items():
+            raise ConfigError(
+                f"a '{self.kind}' split takes no holdout; drop it (or use another kind)"
+            )
+        if self.kind in ("dose", "kfold") and self.fraction is not None:
+            raise ConfigError(f"a '{self.kind}' split takes no fraction; drop it")
+
+    @property
+    def share(self) -> float:
+        """The random fraction, 0.2 unless given."""
+        return 0.2 if self.fraction is None else self.fraction
+
+    def holdout_items(self) -> list[Any]:
+        """The held-out names as a list (a mapping of doses as ``name=dose`` strings)."""
+        if isinstance(self.holdout, Mapping):
+            return [f"{k}={v}" for k, vs in self.holdout.items() for v in _as_list(vs)]
+        return _as_list(self.holdout)
+
+    def record(self, spec: ConditionSpec) -> dict[str, Any]:
+        """The plan and the spec's keys, as written to ``adata.uns[key_added]``."""
+        record: dict[str, Any] = {
+            "kind": self.kind,
+            "seed": int(self.seed),
+            "control_test_fraction": self.control_test_fraction,
+            "condition_key": spec.condition_key,
+            "control": spec.control,
+            "sep": spec.combination_sep,
+        }
+        for key in ("dose_key", "cell_type_key"):
+            if getattr(spec, key) is not None:
+                record[key] = getattr(spec, key)
+        if self.fraction is not None:
+            record["fraction"] = float(self.fraction)
+        if self.kind == "kfold":
+            record.update(n_folds=int(self.n_folds), fold=int(self.fold))
+        if self.holdout_items():
+            record["holdout"] = [str(h) for h in self.holdout_items()]
+        return record
+
+
+@dataclass(frozen=True)
 class _Cells:
     """Per-cell view of the obs table needed by every split."""
 
@@ -76,12 +145,21 @@ class _Cells:
     conditions: list[Condition]
     condition_of_cell: np.ndarray  # index into conditions, -1 for controls
     cell_type: np.ndarray  # object: str, or None without a cell-type key
-    condition_key: str
-    cell_type_key: str | None
-    sep: str
+    spec: ConditionSpec
+
+    @property
+    def sep(self) -> str:
+        """The separator of combination labels."""
+        return self.spec.combination_sep
+
+    @property
+    def where(self) -> str:
+        """Where the condition labels live, for messages."""
+        return f"adata.obs['{self.spec.condition_key}']"
 
     @property
     def is_control(self) -> np.ndarray:
+        """``[n_cells]`` mask of control cells."""
         return self.condition_of_cell < 0
 
     def labels(self) -> list[str]:
@@ -106,48 +184,14 @@ def _require_column(adata: ad.AnnData, key: str | None, what: str) -> None:
         )
 
 
-def _cells(
-    adata: ad.AnnData,
-    condition_key: str,
-    control: str,
-    dose_key: str | None,
-    cell_type_key: str | None,
-    sep: str,
-) -> _Cells:
-    if not isinstance(adata, ad.AnnData):
-        raise DataError(f"expected an AnnData, got {type(adata).__name__}")
-    _require_column(adata, condition_key, "condition column, condition_key")
-    _require_column(adata, dose_key, "dose column, dose_key")
-    _require_column(adata, cell_type_key, "cell-type column, cell_type_key")
-    labels = adata.obs[condition_key]
-    if labels.isna().any():
-        raise DataError(
-            f"adata.obs['{condition_key}'] has {int(labels.isna().sum())} missing values; label "
-            "every cell (controls with the control label)"
-        )
-    labels = labels.astype(str)
-    if not (labels == control).any():
-        raise DataError(
-            f"control label '{control}' not found in adata.obs['{condition_key}']"
-            f"{suggest(control, labels.unique())}; set control (--control) to the label of "
-            "untreated cells"
-        )
-    cfg = DataConfig(
-        condition_key=condition_key,
-        control=control,
-        dose_key=dose_key,
-        cell_type_key=cell_type_key,
-        combination_sep=sep,
-    )
-    labelled = label_cells(adata, cfg)
+def _cells(adata: ad.AnnData, spec: ConditionSpec) -> _Cells:
+    labelled = label_cells(adata, spec.validate(adata))
     return _Cells(
         adata.obs_names,
         labelled.conditions,
         labelled.condition_of_cell,
         labelled.cell_type_of_cell,
-        condition_key,
-        cell_type_key,
-        sep,
+        spec,
     )
 
 
@@ -196,11 +240,10 @@ def _as_list(holdout: str | Sequence[Any] | None) -> list[Any]:
     return list(holdout)
 
 
-def _finish(
-    cells: _Cells, test_treated: np.ndarray, control_test_fraction: float, seed: int
-) -> pd.Series:
+def _finish(cells: _Cells, test_treated: np.ndarray, plan: SplitPlan) -> pd.Series:
     """Add the per-cell-type control split to a treated-cell assignment; check both sides."""
-    control_test_fraction = _check_fraction(control_test_fraction, "control_test_fraction")
+    control_test_fraction = _check_fraction(plan.control_test_fraction, "control_test_fraction")
+    seed = plan.seed
     is_control = cells.is_control
     test = np.asarray(test_treated, bool) & ~is_control
     rng = _rng(seed, 2)
@@ -220,7 +263,7 @@ def _finish(
         missing = sorted(treated_types, key=str)[0]
         raise DataError(
             f"cell type '{missing}' has treated cells but no control cells "
-            f"(adata.obs['{cells.cell_type_key}']); add its controls or drop its cells"
+            f"(adata.obs['{cells.spec.cell_type_key}']); add its controls or drop its cells"
         )
     for side, mask in (("test", test), ("train", ~test)):
         if not (mask & ~is_control).any():
@@ -232,28 +275,13 @@ def _finish(
     return pd.Series(values, index=cells.obs_names.copy(), name="split")
 
 
-def random_split(
-    adata: ad.AnnData,
-    *,
-    fraction: float = 0.2,
-    condition_key: str = "condition",
-    control: str = "control",
-    dose_key: str | None = None,
-    cell_type_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
-) -> pd.Series:
-    """In-distribution split: ``fraction`` of the cells of every condition go to test.
+# --- the test side of each kind: (cells, plan) -> [n_cells] mask of held-out treated cells ----
 
-    Stratified by condition (label, dose and cell type): a condition with ``n >= 2`` cells puts
-    ``fraction * n`` of them (rounded half up), at least one and at most ``n - 1``, in test; a
-    condition with one cell stays in train. Every condition of the test side is thus seen in
-    training.
-    """
-    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    fraction = _check_fraction(fraction, "fraction")
-    rng = _rng(seed, 1)
+
+def _random_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    """``fraction`` of the cells of every condition (one-cell conditions stay in train)."""
+    fraction = _check_fraction(plan.share, "fraction")
+    rng = _rng(plan.seed, 1)
     test = np.zeros(len(cells.obs_names), bool)
     order = np.argsort(cells.condition_of_cell, kind="stable")
     ids = np.arange(len(cells.conditions))
@@ -264,7 +292,7 @@ def random_split(
             continue
         n_test = _count(fraction, rows.size)
         test[rng.choice(rows, size=n_test, replace=False)] = True
-    return _finish(cells, test, control_test_fraction, seed)
+    return test
 
 
 def _match_conditions(cells: _Cells, holdout: Sequence[str]) -> np.ndarray:
@@ -282,91 +310,32 @@ def _match_conditions(cells: _Cells, holdout: Sequence[str]) -> np.ndarray:
             hit = np.array([lab == label for lab in labels], bool)
             available = sorted(set(labels))
         if not hit.any():
-            raise _unknown(item, available, "condition", f"adata.obs['{cells.condition_key}']")
+            raise _unknown(item, available, "condition", cells.where)
         chosen |= hit
     return chosen
 
 
-def condition_split(
-    adata: ad.AnnData,
-    holdout: Sequence[str] | None = None,
-    *,
-    fraction: float = 0.2,
-    condition_key: str = "condition",
-    control: str = "control",
-    dose_key: str | None = None,
-    cell_type_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
-) -> pd.Series:
-    """Condition-out: every cell of the held-out conditions goes to test.
-
-    Args:
-      holdout: condition labels (``"A+B"``, any order; all doses and cell types) or full
-        condition keys (``"A+B|dose=10|cell_type=k562"``). ``None`` holds out a seeded random
-        ``fraction`` of the distinct labels.
-    """
-    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    items = _as_list(holdout)
+def _condition_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    items = plan.holdout_items()
     if not items:
-        items = _choose(sorted(set(cells.labels())), fraction, seed, "condition")
-    return _finish(
-        cells, cells.cells_of(_match_conditions(cells, items)), control_test_fraction, seed
-    )
+        items = _choose(sorted(set(cells.labels())), plan.share, plan.seed, "condition")
+    return cells.cells_of(_match_conditions(cells, items))
 
 
 def _perturbations_out(cells: _Cells, names: Sequence[str]) -> np.ndarray:
     available = cells.perturbations()
     for name in names:
         if name not in available:
-            raise _unknown(name, available, "perturbation", f"adata.obs['{cells.condition_key}']")
+            raise _unknown(name, available, "perturbation", cells.where)
     held = set(names)
     return np.array([bool(held & set(c.perturbations)) for c in cells.conditions], bool)
 
 
-def perturbation_split(
-    adata: ad.AnnData,
-    holdout: Sequence[str] | None = None,
-    *,
-    fraction: float = 0.2,
-    condition_key: str = "condition",
-    control: str = "control",
-    dose_key: str | None = None,
-    cell_type_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
-) -> pd.Series:
-    """Perturbation-out: every condition containing a held-out perturbation goes to test.
-
-    That is all doses of the drug, in every cell type, alone and in every combination, so the
-    model has never seen the perturbation in training.
-
-    Args:
-      holdout: perturbation names (``"A"``); ``None`` holds out a seeded random ``fraction`` of
-        the perturbations.
-    """
-    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    names = [str(n) for n in _as_list(holdout)]
+def _perturbation_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    names = [str(n) for n in plan.holdout_items()]
     if not names:
-        names = _choose(cells.perturbations(), fraction, seed, "perturbation")
-    test = cells.cells_of(_perturbations_out(cells, names))
-    return _finish(cells, test, control_test_fraction, seed)
-
-
-def perturbation_folds(
-    adata: ad.AnnData,
-    n_folds: int = 5,
-    *,
-    condition_key: str = "condition",
-    control: str = "control",
-    sep: str = "+",
-    seed: int = 0,
-) -> list[list[str]]:
-    """Partition the perturbations into ``n_folds`` seeded folds of near-equal size."""
-    cells = _cells(adata, condition_key, control, None, None, sep)
-    return _folds(cells.perturbations(), n_folds, seed)
+        names = _choose(cells.perturbations(), plan.share, plan.seed, "perturbation")
+    return cells.cells_of(_perturbations_out(cells, names))
 
 
 def _folds(perturbations: list[str], n_folds: int, seed: int) -> list[list[str]]:
@@ -381,50 +350,21 @@ def _folds(perturbations: list[str], n_folds: int, seed: int) -> list[list[str]]
     return [sorted(perturbations[i] for i in part) for part in np.array_split(order, n_folds)]
 
 
-def kfold_split(
-    adata: ad.AnnData,
-    *,
-    n_folds: int = 5,
-    fold: int = 0,
-    condition_key: str = "condition",
-    control: str = "control",
-    dose_key: str | None = None,
-    cell_type_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
-) -> pd.Series:
-    """Fold ``fold`` of a k-fold over perturbations, held out as in :func:`perturbation_split`.
-
-    The folds (:func:`perturbation_folds`) partition the perturbations; a combination whose
-    perturbations fall in two folds is in test for both.
-    """
-    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    folds = _folds(cells.perturbations(), n_folds, seed)
-    if not isinstance(fold, int | np.integer) or not 0 <= fold < n_folds:
-        raise ConfigError(f"fold must be an integer in [0, {n_folds}), got {fold!r}")
-    names = folds[fold]
-    test = cells.cells_of(_perturbations_out(cells, names))
-    return _finish(cells, test, control_test_fraction, seed)
+def _kfold_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    folds = _folds(cells.perturbations(), plan.n_folds, plan.seed)
+    if not isinstance(plan.fold, int | np.integer) or not 0 <= plan.fold < plan.n_folds:
+        raise ConfigError(f"fold must be an integer in [0, {plan.n_folds}), got {plan.fold!r}")
+    return cells.cells_of(_perturbations_out(cells, folds[plan.fold]))
 
 
-def _parse_dose_holdout(
-    holdout: Sequence[Any] | Mapping[str, Any], sep: str
-) -> list[tuple[str | None, float]]:
+def _parse_dose_holdout(holdout: Sequence[Any]) -> list[tuple[str | None, float]]:
     """``[(perturbation or None for every one, dose)]`` from numbers, ``"10"``, ``"A=10"``."""
-    items: list[tuple[str | None, Any]] = []
-    if isinstance(holdout, Mapping):
-        for name, doses in holdout.items():
-            items += [(str(name), d) for d in _as_list(doses)]
-    else:
-        for item in _as_list(holdout):
-            if isinstance(item, str) and "=" in item:
-                name, _, dose = item.partition("=")
-                items.append((name.strip(), dose))
-            else:
-                items.append((None, item))
     parsed = []
-    for name, dose in items:
+    for item in holdout:
+        name, dose = (None, item)
+        if isinstance(item, str) and "=" in item:
+            name, _, dose = item.partition("=")
+            name = name.strip()
         try:
             value = float(dose)
         except (TypeError, ValueError):
@@ -438,17 +378,270 @@ def _parse_dose_holdout(
     return parsed
 
 
-def dose_split(
+def _held_dose_pairs(
+    cells: _Cells, doses_of: dict[str, set[float]], holdout: Sequence[Any]
+) -> set[tuple[str, float]]:
+    """The (perturbation, dose) pairs that ``holdout`` names; unknown ones are errors."""
+    pairs: set[tuple[str, float]] = set()
+    every = sorted({d for ds in doses_of.values() for d in ds})
+    for name, dose in _parse_dose_holdout(holdout):
+        if name is not None and name not in doses_of:
+            raise _unknown(name, list(doses_of), "perturbation", cells.where)
+        targets = [name] if name is not None else list(doses_of)
+        hits = [(n, d) for n in targets for d in doses_of[n] if math.isclose(d, dose)]
+        if not hits:
+            where = f"perturbation '{name}'" if name is not None else "any perturbation"
+            given = sorted(doses_of[name]) if name is not None else every
+            raise UnknownConditionError(
+                f"dose {dose:g} does not occur for {where} in "
+                f"adata.obs['{cells.spec.dose_key}']; doses there: "
+                f"{', '.join(f'{d:g}' for d in given)}"
+            )
+        pairs.update(hits)
+    return pairs
+
+
+def _dose_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    doses_of: dict[str, set[float]] = {}
+    for cond in cells.conditions:
+        for name, dose in zip(cond.perturbations, cond.doses, strict=True):
+            doses_of.setdefault(name, set()).add(dose)
+    items = plan.holdout_items()
+    if items:
+        pairs = _held_dose_pairs(cells, doses_of, items)
+    else:
+        pairs = {(n, max(d)) for n, d in doses_of.items() if len(d) >= 2}
+        if not pairs:
+            raise DataError(
+                f"no perturbation occurs at two or more doses in "
+                f"adata.obs['{cells.spec.dose_key}']; nothing to extrapolate to"
+            )
+    test_conditions = np.array(
+        [bool(set(zip(c.perturbations, c.doses, strict=True)) & pairs) for c in cells.conditions]
+    )
+    return cells.cells_of(test_conditions)
+
+
+def _check_combination(item: str, cells: _Cells, combos: Mapping[str, Any], singles) -> str:
+    """The canonical label of a held-out combination whose singles all stay in training."""
+    names = tuple(sorted(parse_perturbations(item, cells.sep)))
+    if len(names) < 2:
+        raise DataError(
+            f"'{item}' is a single perturbation, not a combination; hold it out with "
+            "kind='condition' or 'perturbation'"
+        )
+    label = cells.sep.join(names)
+    if label not in combos:
+        raise _unknown(item, sorted(combos), "combination", cells.where)
+    unseen = [n for n in names if n not in singles]
+    if unseen:
+        raise DataError(
+            f"combination '{item}' cannot be held out: {', '.join(repr(n) for n in unseen)} "
+            "never occur(s) alone, so not every single perturbation would be seen in "
+            "training; use kind='condition' to hold it out anyway"
+        )
+    return label
+
+
+def _combination_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    singles = {c.perturbations[0] for c in cells.conditions if len(c.perturbations) == 1}
+    combos = {
+        c.label(cells.sep): c.perturbations for c in cells.conditions if len(c.perturbations) > 1
+    }
+    if not combos:
+        raise DataError(
+            f"{cells.where} has no combinations (labels like 'A{cells.sep}B'); use "
+            "kind='condition' or 'perturbation'"
+        )
+    items = [str(i) for i in plan.holdout_items()]
+    if not items:
+        eligible = [lab for lab, names in combos.items() if set(names) <= singles]
+        if not eligible:
+            raise DataError(
+                "no combination has all its perturbations also given alone; nothing can be held "
+                "out with its singles seen in training"
+            )
+        items = (
+            eligible
+            if len(eligible) == 1
+            else _choose(eligible, plan.share, plan.seed, "combination")
+        )
+    chosen = {_check_combination(item, cells, combos, singles) for item in items}
+    return cells.cells_of(np.array([lab in chosen for lab in cells.labels()], bool))
+
+
+def _cell_type_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
+    treated_types = sorted({str(t) for t in cells.cell_type[~cells.is_control]})
+    names = [str(n) for n in plan.holdout_items()]
+    if not names:
+        names = _choose(treated_types, plan.share, plan.seed, "cell type with treated cells")
+    for name in names:
+        if name not in treated_types:
+            raise _unknown(
+                name,
+                treated_types,
+                "cell type (with treated cells)",
+                f"adata.obs['{cells.spec.cell_type_key}']",
+            )
+    return np.isin(cells.cell_type.astype(str), names) & ~cells.is_control
+
+
+_TEST_SIDE = {
+    "random": _random_test,
+    "condition": _condition_test,
+    "perturbation": _perturbation_test,
+    "dose": _dose_test,
+    "combination": _combination_test,
+    "cell_type": _cell_type_test,
+    "kfold": _kfold_test,
+}
+
+#: The obs column each kind cannot do without.
+_REQUIRED = {
+    "dose": ("dose_key", "a dose split needs the dose column: set dose_key (--dose-key)"),
+    "cell_type": (
+        "cell_type_key",
+        "a cell-type split needs the cell-type column: set cell_type_key",
+    ),
+}
+
+
+def make_split(
     adata: ad.AnnData,
-    holdout: Sequence[Any] | Mapping[str, Any] | None = None,
+    kind: SplitKind | str | SplitPlan = "random",
+    spec: ConditionSpec | None = None,
     *,
-    dose_key: str | None = None,
-    condition_key: str = "condition",
-    control: str = "control",
-    cell_type_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
+    key_added: str | None = "split",
+    **plan: Any,
+) -> pd.Series:
+    """Split ``adata`` into train and test and write it into ``adata.obs[key_added]``.
+
+    Args:
+      adata: cells with the obs columns that ``spec`` names (``X`` is not read).
+      kind: a :class:`SplitPlan`, or its ``kind``: ``"random"`` (stratified by condition),
+        ``"condition"``, ``"perturbation"``, ``"dose"``, ``"combination"``, ``"cell_type"`` or
+        ``"kfold"`` (see the module docstring and the functions of the same names).
+      spec: the meaning of ``adata.obs``; ``None`` is the default spec (``condition`` /
+        ``control``).
+      key_added: the obs column to write (categorical ``train``/``test``); ``None`` writes
+        nothing. The plan and the spec's keys are recorded in ``adata.uns[key_added]``.
+      **plan: the fields of :class:`SplitPlan` (``holdout``, ``fraction``, ``n_folds``,
+        ``fold``, ``control_test_fraction``, ``seed``) when ``kind`` is a name.
+
+    Returns:
+      The split ``[n_obs]``, indexed by ``adata.obs_names``.
+    """
+    plan_ = kind if isinstance(kind, SplitPlan) else _plan(kind, plan)
+    spec = spec if spec is not None else ConditionSpec()
+    if key_added is not None and key_added in spec.obs_keys:
+        raise ConfigError(
+            f"key_added '{key_added}' would overwrite the obs column it is read from; pick "
+            "another name (e.g. 'split')"
+        )
+    if plan_.kind in _REQUIRED and getattr(spec, _REQUIRED[plan_.kind][0]) is None:
+        raise DataError(_REQUIRED[plan_.kind][1])
+    cells = _cells(adata, spec)
+    split = _finish(cells, _TEST_SIDE[plan_.kind](cells, plan_), plan_)
+    if key_added is not None:
+        split = split.rename(key_added)
+        adata.obs[key_added] = split.array  # positional: robust to duplicate obs_names
+        adata.uns[key_added] = plan_.record(spec)
+    return split
+
+
+def _plan(kind: str, fields_: Mapping[str, Any]) -> SplitPlan:
+    known = set(SplitPlan.__dataclass_fields__) - {"kind"}
+    unknown = sorted(set(fields_) - known)
+    if unknown:
+        raise ConfigError(
+            f"make_split got an unknown argument '{unknown[0]}'{suggest(unknown[0], known)}; "
+            "the obs keys go in spec=ConditionSpec(...)"
+        )
+    return SplitPlan(kind, **fields_)
+
+
+def random_split(adata: ad.AnnData, spec: ConditionSpec | None = None, **plan: Any) -> pd.Series:
+    """In-distribution split: ``fraction`` of the cells of every condition go to test.
+
+    Stratified by condition (label, dose and cell type): a condition with ``n >= 2`` cells puts
+    ``fraction * n`` of them (rounded half up), at least one and at most ``n - 1``, in test; a
+    condition with one cell stays in train. Every condition of the test side is thus seen in
+    training.
+
+    Args:
+      adata: cells annotated as ``spec`` says.
+      spec: the meaning of ``adata.obs``.
+      **plan: ``fraction``, ``control_test_fraction``, ``seed`` (see :class:`SplitPlan`).
+    """
+    return make_split(adata, "random", spec, key_added=None, **plan)
+
+
+def condition_split(
+    adata: ad.AnnData, holdout: Any = None, spec: ConditionSpec | None = None, **plan: Any
+) -> pd.Series:
+    """Condition-out: every cell of the held-out conditions goes to test.
+
+    Args:
+      adata: cells annotated as ``spec`` says.
+      holdout: condition labels (``"A+B"``, any order; all doses and cell types) or full
+        condition keys (``"A+B|dose=10|cell_type=k562"``). ``None`` holds out a seeded random
+        ``fraction`` of the distinct labels.
+      spec: the meaning of ``adata.obs``.
+      **plan: ``fraction``, ``control_test_fraction``, ``seed`` (see :class:`SplitPlan`).
+    """
+    return make_split(adata, "condition", spec, key_added=None, holdout=holdout, **plan)
+
+
+def perturbation_split(
+    adata: ad.AnnData, holdout: Any = None, spec: ConditionSpec | None = None, **plan: Any
+) -> pd.Series:
+    """Perturbation-out: every condition containing a held-out perturbation goes to test.
+
+    That is all doses of the drug, in every cell type, alone and in every combination, so the
+    model has never seen the perturbation in training.
+
+    Args:
+      adata: cells annotated as ``spec`` says.
+      holdout: perturbation names (``"A"``); ``None`` holds out a seeded random ``fraction`` of
+        the perturbations.
+      spec: the meaning of ``adata.obs``.
+      **plan: ``fraction``, ``control_test_fraction``, ``seed`` (see :class:`SplitPlan`).
+    """
+    return make_split(adata, "perturbation", spec, key_added=None, holdout=holdout, **plan)
+
+
+def perturbation_folds(
+    adata: ad.AnnData, n_folds: int = 5, spec: ConditionSpec | None = None, *, seed: int = 0
+) -> list[list[str]]:
+    """Partition the perturbations into ``n_folds`` seeded folds of near-equal size.
+
+    Args:
+      adata: cells annotated as ``spec`` says.
+      n_folds: number of folds (at least 2, at most the number of perturbations).
+      spec: the meaning of ``adata.obs``.
+      seed: seeds the partition (the same as :func:`kfold_split` with this seed).
+    """
+    cells = _cells(adata, spec if spec is not None else ConditionSpec())
+    return _folds(cells.perturbations(), n_folds, seed)
+
+
+def kfold_split(adata: ad.AnnData, spec: ConditionSpec | None = None, **plan: Any) -> pd.Series:
+    """Fold ``fold`` of a k-fold over perturbations, held out as in :func:`perturbation_split`.
+
+    The folds (:func:`perturbation_folds`) partition the perturbations; a combination whose
+    perturbations fall in two folds is in test for both.
+
+    Args:
+      adata: cells annotated as ``spec`` says.
+      spec: the meaning of ``adata.obs``.
+      **plan: ``n_folds``, ``fold``, ``control_test_fraction``, ``seed`` (see
+        :class:`SplitPlan`).
+    """
+    return make_split(adata, "kfold", spec, key_added=None, **plan)
+
+
+def dose_split(
+    adata: ad.AnnData, holdout: Any = None, spec: ConditionSpec | None = None, **plan: Any
 ) -> pd.Series:
     """Dose-out: conditions given at a held-out dose go to test.
 
@@ -456,61 +649,18 @@ def dose_split(
     combination is held out when one of its members is at a held-out dose.
 
     Args:
+      adata: cells annotated as ``spec`` says; ``spec.dose_key`` is required.
       holdout: doses held out for every perturbation (``[10, 100]``), per perturbation
         (``{"A": [10]}`` or ``["A=10"]``), or mixed. ``None`` holds out the highest dose of
         every perturbation given at two or more doses (dose extrapolation).
-      dose_key: the obs column of doses (required).
+      spec: the meaning of ``adata.obs``.
+      **plan: ``control_test_fraction``, ``seed`` (see :class:`SplitPlan`).
     """
-    if dose_key is None:
-        raise DataError("a dose split needs the dose column: set dose_key (--dose-key)")
-    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    doses_of: dict[str, set[float]] = {}
-    for cond in cells.conditions:
-        for name, dose in zip(cond.perturbations, cond.doses, strict=True):
-            doses_of.setdefault(name, set()).add(dose)
-    if holdout is None or (not isinstance(holdout, Mapping) and not _as_list(holdout)):
-        pairs = {(n, max(d)) for n, d in doses_of.items() if len(d) >= 2}
-        if not pairs:
-            raise DataError(
-                f"no perturbation occurs at two or more doses in adata.obs['{dose_key}']; "
-                "nothing to extrapolate to"
-            )
-    else:
-        pairs = set()
-        every = sorted({d for ds in doses_of.values() for d in ds})
-        for name, dose in _parse_dose_holdout(holdout, sep):
-            if name is not None and name not in doses_of:
-                raise _unknown(
-                    name, list(doses_of), "perturbation", f"adata.obs['{condition_key}']"
-                )
-            targets = [name] if name is not None else list(doses_of)
-            hits = [(n, d) for n in targets for d in doses_of[n] if math.isclose(d, dose)]
-            if not hits:
-                where = f"perturbation '{name}'" if name is not None else "any perturbation"
-                given = sorted(doses_of[name]) if name is not None else every
-                raise UnknownConditionError(
-                    f"dose {dose:g} does not occur for {where} in adata.obs['{dose_key}']; "
-                    f"doses there: {', '.join(f'{d:g}' for d in given)}"
-                )
-            pairs.update(hits)
-    test_conditions = np.array(
-        [bool(set(zip(c.perturbations, c.doses, strict=True)) & pairs) for c in cells.conditions]
-    )
-    return _finish(cells, cells.cells_of(test_conditions), control_test_fraction, seed)
+    return make_split(adata, "dose", spec, key_added=None, holdout=holdout, **plan)
 
 
 def combination_split(
-    adata: ad.AnnData,
-    holdout: Sequence[str] | None = None,
-    *,
-    fraction: float = 0.2,
-    condition_key: str = "condition",
-    control: str = "control",
-    dose_key: str | None = None,
-    cell_type_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
+    adata: ad.AnnData, holdout: Any = None, spec: ConditionSpec | None = None, **plan: Any
 ) -> pd.Series:
     """Combination-out: held-out combinations go to test; their singles stay in training.
 
@@ -519,62 +669,17 @@ def combination_split(
     an error.
 
     Args:
+      adata: cells annotated as ``spec`` says.
       holdout: combination labels (``"A+B"``, any order; all doses and cell types). ``None``
         holds out a seeded random ``fraction`` of the eligible combinations.
+      spec: the meaning of ``adata.obs``.
+      **plan: ``fraction``, ``control_test_fraction``, ``seed`` (see :class:`SplitPlan`).
     """
-    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    labels = cells.labels()
-    singles = {c.perturbations[0] for c in cells.conditions if len(c.perturbations) == 1}
-    combos = {c.label(sep): c.perturbations for c in cells.conditions if len(c.perturbations) > 1}
-    if not combos:
-        raise DataError(
-            f"adata.obs['{condition_key}'] has no combinations (labels like 'A{sep}B'); use "
-            "kind='condition' or 'perturbation'"
-        )
-    items = [str(i) for i in _as_list(holdout)]
-    if not items:
-        eligible = [lab for lab, names in combos.items() if set(names) <= singles]
-        if not eligible:
-            raise DataError(
-                "no combination has all its perturbations also given alone; nothing can be held "
-                "out with its singles seen in training"
-            )
-        items = eligible if len(eligible) == 1 else _choose(eligible, fraction, seed, "combination")
-    chosen = set()
-    for item in items:
-        names = tuple(sorted(parse_perturbations(item, sep)))
-        label = sep.join(names)
-        if len(names) < 2:
-            raise DataError(
-                f"'{item}' is a single perturbation, not a combination; hold it out with "
-                "kind='condition' or 'perturbation'"
-            )
-        if label not in combos:
-            raise _unknown(item, sorted(combos), "combination", f"adata.obs['{condition_key}']")
-        unseen = [n for n in names if n not in singles]
-        if unseen:
-            raise DataError(
-                f"combination '{item}' cannot be held out: {', '.join(repr(n) for n in unseen)} "
-                "never occur(s) alone, so not every single perturbation would be seen in "
-                "training; use kind='condition' to hold it out anyway"
-            )
-        chosen.add(label)
-    test_conditions = np.array([lab in chosen for lab in labels], bool)
-    return _finish(cells, cells.cells_of(test_conditions), control_test_fraction, seed)
+    return make_split(adata, "combination", spec, key_added=None, holdout=holdout, **plan)
 
 
 def cell_type_split(
-    adata: ad.AnnData,
-    holdout: Sequence[str] | None = None,
-    *,
-    cell_type_key: str | None = None,
-    fraction: float = 0.2,
-    condition_key: str = "condition",
-    control: str = "control",
-    dose_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
+    adata: ad.AnnData, holdout: Any = None, spec: ConditionSpec | None = None, **plan: Any
 ) -> pd.Series:
     """Cell-type-out: every treated cell of the held-out cell types goes to test.
 
@@ -582,123 +687,13 @@ def cell_type_split(
     controls to predict from.
 
     Args:
+      adata: cells annotated as ``spec`` says; ``spec.cell_type_key`` is required.
       holdout: cell types; ``None`` holds out a seeded random ``fraction`` of the cell types
         that have treated cells.
-      cell_type_key: the obs column of cell types (required).
+      spec: the meaning of ``adata.obs``.
+      **plan: ``fraction``, ``control_test_fraction``, ``seed`` (see :class:`SplitPlan`).
     """
-    if cell_type_key is None:
-        raise DataError("a cell-type split needs the cell-type column: set cell_type_key")
-    cells = _cells(adata, condition_key, control, dose_key, cell_type_key, sep)
-    treated_types = sorted({str(t) for t in cells.cell_type[~cells.is_control]})
-    names = [str(n) for n in _as_list(holdout)]
-    if not names:
-        names = _choose(treated_types, fraction, seed, "cell type with treated cells")
-    for name in names:
-        if name not in treated_types:
-            raise _unknown(
-                name,
-                treated_types,
-                "cell type (with treated cells)",
-                f"adata.obs['{cell_type_key}']",
-            )
-    test = np.isin(cells.cell_type.astype(str), names) & ~cells.is_control
-    return _finish(cells, test, control_test_fraction, seed)
-
-
-def make_split(
-    adata: ad.AnnData,
-    kind: SplitKind | str,
-    *,
-    holdout: Sequence[Any] | Mapping[str, Any] | None = None,
-    fraction: float | None = None,
-    n_folds: int = 5,
-    fold: int = 0,
-    condition_key: str = "condition",
-    control: str = "control",
-    dose_key: str | None = None,
-    cell_type_key: str | None = None,
-    sep: str = "+",
-    control_test_fraction: float = 0.25,
-    seed: int = 0,
-    key_added: str | None = "split",
-) -> pd.Series:
-    """Split ``adata`` into train and test and write it into ``adata.obs[key_added]``.
-
-    Args:
-      kind: ``"random"`` (:func:`random_split`), ``"condition"`` (:func:`condition_split`),
-        ``"perturbation"`` (:func:`perturbation_split`), ``"dose"`` (:func:`dose_split`),
-        ``"combination"`` (:func:`combination_split`), ``"cell_type"``
-        (:func:`cell_type_split`) or ``"kfold"`` (:func:`kfold_split`).
-      holdout: what to hold out (labels, perturbations, doses or cell types by ``kind``);
-        ``None`` draws a random ``fraction`` (default 0.2). Not used by random and kfold.
-      fraction: the random fraction (of cells for ``"random"``, else of the held-out units).
-      n_folds, fold: the k-fold over perturbations.
-      key_added: the obs column to write (categorical ``train``/``test``); ``None`` writes
-        nothing. The arguments are recorded in ``adata.uns[key_added]``.
-
-    Returns:
-      The split, indexed by ``adata.obs_names``.
-    """
-    if kind not in SPLIT_KINDS:
-        raise ConfigError(
-            f"unknown split kind '{kind}'{suggest(kind, SPLIT_KINDS)}; use one of "
-            f"{', '.join(SPLIT_KINDS)}"
-        )
-    common: dict[str, Any] = {
-        "condition_key": condition_key,
-        "control": control,
-        "dose_key": dose_key,
-        "cell_type_key": cell_type_key,
-        "sep": sep,
-        "control_test_fraction": control_test_fraction,
-        "seed": seed,
-    }
-    if key_added is not None and key_added in (condition_key, dose_key, cell_type_key):
-        raise ConfigError(
-            f"key_added '{key_added}' would overwrite the obs column it is read from; pick "
-            "another name (e.g. 'split')"
-        )
-    if kind in ("random", "kfold") and holdout is not None and _as_list(holdout):
-        raise ConfigError(f"a '{kind}' split takes no holdout; drop it (or use another kind)")
-    if kind in ("dose", "kfold") and fraction is not None:
-        raise ConfigError(f"a '{kind}' split takes no fraction; drop it")
-    frac = {} if fraction is None else {"fraction": fraction}
-    if kind == "random":
-        split = random_split(adata, **frac, **common)
-    elif kind == "kfold":
-        split = kfold_split(adata, n_folds=n_folds, fold=fold, **common)
-    elif kind == "dose":
-        split = dose_split(adata, holdout, **common)
-    else:
-        function = {
-            "condition": condition_split,
-            "perturbation": perturbation_split,
-            "combination": combination_split,
-            "cell_type": cell_type_split,
-        }[kind]
-        split = function(adata, holdout, **frac, **common)
-    if key_added is not None:
-        split = split.rename(key_added)
-        adata.obs[key_added] = split.array  # positional: robust to duplicate obs_names
-        record = {"kind": kind, "seed": int(seed), "control_test_fraction": control_test_fraction}
-        record.update(condition_key=condition_key, control=control, sep=sep)
-        if dose_key is not None:
-            record["dose_key"] = dose_key
-        if cell_type_key is not None:
-            record["cell_type_key"] = cell_type_key
-        if fraction is not None:
-            record["fraction"] = float(fraction)
-        if kind == "kfold":
-            record.update(n_folds=int(n_folds), fold=int(fold))
-        if holdout is not None and (isinstance(holdout, Mapping) or _as_list(holdout)):
-            items = (
-                [f"{k}={v}" for k, vs in holdout.items() for v in _as_list(vs)]
-                if isinstance(holdout, Mapping)
-                else [str(h) for h in _as_list(holdout)]
-            )
-            record["holdout"] = items
-        adata.uns[key_added] = record
-    return split
+    return make_split(adata, "cell_type", spec, key_added=None, holdout=holdout, **plan)
 
 
 def split_summary(

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+from rdkit import Chem
+from rdkit.Chem import Descriptors
+from rdkit.rdBase import BlockLogs
 
-from condmonge.datasets.synthetic import ConvexTask, convex_task
+from condmonge.datasets.synthetic import ConvexTask, convex_task, sample_mixture
 from condmonge.errors import ConfigError, DataError, UnknownConditionError, suggest
 
 __all__ = ["HIDDEN_DESCRIPTORS", "SciplexLikeTask", "sciplex_like"]
@@ -104,7 +107,14 @@ class SciplexLikeTask:
             )
 
     def embedding(self, drug: str, cell_type: str) -> np.ndarray:
-        """The modulated embedding ``e_{d,c}`` that parameterises the map."""
+        """The modulated embedding ``e_{d,c}`` that parameterises the map.
+
+        Args:
+          drug: a drug of the task; cell_type: one of its cell types.
+
+        Returns:
+          ``[hidden_dim]`` float64.
+        """
         self._check_cell_type(cell_type)
         if drug not in self.hidden_embedding.index:
             raise UnknownConditionError(
@@ -121,6 +131,10 @@ class SciplexLikeTask:
         """Ground-truth map of ``drug`` at ``dose`` in ``cell_type`` applied to ``x [n, d]``.
 
         The control label and ``dose == 0`` give the identity (float64 output).
+
+        Args:
+          drug: a drug (or the control label); dose: its dose (nM); cell_type: a cell type.
+          x: ``[n, d]`` cells.
         """
         t = self.dose_scale(dose)
         self._check_cell_type(cell_type)
@@ -130,22 +144,18 @@ class SciplexLikeTask:
         return x + t * self._gradient(drug, cell_type, x)
 
     def sample_controls(self, cell_type: str, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` fresh control cells ``[n, d]`` (float32) of ``cell_type``."""
+        """``n`` fresh control cells ``[n, d]`` (float32) of ``cell_type``.
+
+        Args:
+          cell_type: a cell type of the task.
+          n: number of cells.
+          seed: seed of the draws.
+        """
         self._check_cell_type(cell_type)
-        return _mixture(np.random.default_rng(seed), self._controls[cell_type], n)
-
-
-def _mixture(rng: np.random.Generator, theta: dict[str, np.ndarray], n: int) -> np.ndarray:
-    labels = rng.choice(len(theta["weights"]), size=n, p=theta["weights"])
-    noise = rng.laplace(scale=1.0, size=(n, theta["centres"].shape[1]))
-    return (theta["centres"][labels] + noise * theta["spreads"][labels]).astype(np.float32)
+        return sample_mixture(np.random.default_rng(seed), self._controls[cell_type], n)
 
 
 def _hidden_inputs(smiles: pd.Series) -> np.ndarray:
-    from rdkit import Chem
-    from rdkit.Chem import Descriptors
-    from rdkit.rdBase import BlockLogs
-
     functions = dict(Descriptors.descList)
     rows = []
     with BlockLogs():
@@ -157,7 +167,7 @@ def _hidden_inputs(smiles: pd.Series) -> np.ndarray:
     return np.asarray(rows, np.float64)
 
 
-def sciplex_like(
+def sciplex_like(  # noqa: PLR0913  a generator's design knobs are its parameters
     smiles: pd.Series | None = None,
     n_drugs: int | None = None,
     doses: Sequence[float] = (10, 100, 1000, 10000),
@@ -178,11 +188,63 @@ def sciplex_like(
       n_drugs: keep the first ``n_drugs`` drugs (in table order); ``None`` keeps all.
       doses: doses (nM) of every drug; cell_types: cell lines, each with its own controls.
       n_cells: treated cells per (drug, dose, cell type).
-      n_features: dimension of the cells.
+      n_features: dimension ``d`` of the cells.
       n_controls: control cells per cell type (default ``n_cells * len(doses)``).
       hidden_dim: dimension of the hidden embedding.
+      control: the label of control cells.
       seed: the same seed (and SMILES) gives the same task.
+
+    Returns:
+      The task; its ``adata`` holds ``len(cell_types) * (n_controls + drugs * doses * n_cells)``
+      cells ``[N, n_features]``.
     """
+    series = _drug_table(smiles, n_drugs, control)
+    doses, cell_types = tuple(float(d) for d in doses), tuple(str(c) for c in cell_types)
+    n_controls = n_cells * len(doses) if n_controls is None else n_controls
+    _check_design(doses, cell_types, n_cells, n_features, hidden_dim, n_controls)
+    rng = np.random.default_rng(seed)
+    maps = convex_task(
+        n_conditions=1, n_features=n_features, n_cells=1, embedding_dim=hidden_dim,
+        n_unseen=0, seed=int(rng.integers(2**31)),
+    )  # fmt: skip
+    hidden_embedding = _hidden_embedding(series, rng, hidden_dim)
+    modulation, controls = _cell_type_models(rng, cell_types, n_features, hidden_dim)
+    task = SciplexLikeTask(
+        ad.AnnData(np.zeros((0, n_features), np.float32)), hidden_embedding,
+        series.rename("smiles"), list(hidden_embedding.index), doses, cell_types, control, maps,
+        modulation, controls,
+    )  # fmt: skip
+    adata = _cells(task, rng, n_cells, n_controls)
+    adata.uns["sciplex_like"] = {
+        "seed": seed,
+        "doses": list(doses),
+        "cell_types": list(cell_types),
+        "hidden_descriptors": list(HIDDEN_DESCRIPTORS),
+    }
+    return replace(task, adata=adata)
+
+
+def _check_design(
+    doses: tuple[float, ...],
+    cell_types: tuple[str, ...],
+    n_cells: int,
+    n_features: int,
+    hidden_dim: int,
+    n_controls: int,
+) -> None:
+    """Raise :class:`ConfigError` on an impossible design (arguments of :func:`sciplex_like`)."""
+    if not doses or not all(math.isfinite(d) and d >= 0 for d in doses):
+        raise ConfigError(f"doses must be a non-empty list of numbers >= 0, got {doses}")
+    if not cell_types or len(set(cell_types)) != len(cell_types):
+        raise ConfigError(f"cell_types must be distinct and non-empty, got {cell_types}")
+    if n_cells < 1 or n_features < 1 or hidden_dim < 1:
+        raise ConfigError("n_cells, n_features and hidden_dim must be >= 1")
+    if n_controls < 1:
+        raise ConfigError(f"n_controls must be >= 1, got {n_controls}")
+
+
+def _drug_table(smiles: pd.Series | None, n_drugs: int | None, control: str) -> pd.Series:
+    """The SMILES of the task's drugs (the control dropped, the first ``n_drugs`` kept)."""
     series = pd.Series(EXAMPLE_SMILES) if smiles is None else pd.Series(smiles).copy()
     series.index = series.index.astype(str)
     series = series.drop(index=control, errors="ignore")
@@ -194,24 +256,11 @@ def sciplex_like(
         series = series.iloc[:n_drugs]
     if len(series) < 2:
         raise ConfigError("sciplex_like needs at least 2 drugs")
-    doses = tuple(float(d) for d in doses)
-    if not doses or not all(math.isfinite(d) and d >= 0 for d in doses):
-        raise ConfigError(f"doses must be a non-empty list of numbers >= 0, got {doses}")
-    cell_types = tuple(str(c) for c in cell_types)
-    if not cell_types or len(set(cell_types)) != len(cell_types):
-        raise ConfigError(f"cell_types must be distinct and non-empty, got {cell_types}")
-    if n_cells < 1 or n_features < 1 or hidden_dim < 1:
-        raise ConfigError("n_cells, n_features and hidden_dim must be >= 1")
-    n_controls = n_cells * len(doses) if n_controls is None else n_controls
-    if n_controls < 1:
-        raise ConfigError(f"n_controls must be >= 1, got {n_controls}")
-    drugs = [str(d) for d in series.index]
+    return series
 
-    rng = np.random.default_rng(seed)
-    maps = convex_task(
-        n_conditions=1, n_features=n_features, n_cells=1, embedding_dim=hidden_dim,
-        n_unseen=0, seed=int(rng.integers(2**31)),
-    )  # fmt: skip
+
+def _hidden_embedding(series: pd.Series, rng: np.random.Generator, hidden_dim: int):
+    """Steps 1-2 of the module docstring: ``[drugs, hidden_dim]`` table ``e_d``."""
     inputs = _hidden_inputs(series)
     std = inputs.std(axis=0)
     z = np.clip((inputs - inputs.mean(axis=0)) / np.where(std > 1e-12, std, 1.0), -4.0, 4.0)
@@ -219,11 +268,17 @@ def sciplex_like(
     hidden = z @ projection
     hidden_std = hidden.std(axis=0)
     hidden = hidden / np.where(hidden_std > 1e-12, hidden_std, 1.0)
-    hidden_embedding = pd.DataFrame(
+    return pd.DataFrame(
         hidden,
-        index=pd.Index(drugs, name="condition"),
+        index=pd.Index([str(d) for d in series.index], name="condition"),
         columns=[f"hidden_{j}" for j in range(hidden_dim)],
     )
+
+
+def _cell_type_models(
+    rng: np.random.Generator, cell_types: tuple[str, ...], n_features: int, hidden_dim: int
+):
+    """Per cell type: the modulation ``(g_c, h_c)`` and the control mixture's parameters."""
     base_centres = rng.normal(scale=2.0, size=(4, n_features))
     modulation, controls = {}, {}
     for cell_type in cell_types:
@@ -238,29 +293,24 @@ def sciplex_like(
             "spreads": rng.uniform(0.3, 1.0, size=(n_clusters, n_features)),
             "weights": rng.dirichlet(np.full(n_clusters, 2.0)),
         }
-    task = SciplexLikeTask(
-        ad.AnnData(np.zeros((0, n_features), np.float32)),
-        hidden_embedding,
-        series.rename("smiles"),
-        drugs,
-        doses,
-        cell_types,
-        control,
-        maps,
-        modulation,
-        controls,
-    )
+    return modulation, controls
 
+
+def _cells(
+    task: SciplexLikeTask, rng: np.random.Generator, n_cells: int, n_controls: int
+) -> ad.AnnData:
+    """Controls and treated cells of every (cell type, drug, dose), each from fresh draws."""
+    doses, drugs, cell_types = task.doses, task.drugs, task.cell_types
     scales = np.repeat([task.dose_scale(d) for d in doses], n_cells)[:, None]
     n_block = n_cells * len(doses)
     blocks, cond_codes, dose_col, type_codes = [], [], [], []
     for t_index, cell_type in enumerate(cell_types):
-        blocks.append(_mixture(rng, controls[cell_type], n_controls))
+        blocks.append(sample_mixture(rng, task._controls[cell_type], n_controls))
         cond_codes.append(np.zeros(n_controls, np.int32))
         dose_col.append(np.zeros(n_controls))
         type_codes.append(np.full(n_controls, t_index, np.int32))
         for d_index, drug in enumerate(drugs):
-            fresh = _mixture(rng, controls[cell_type], n_block).astype(np.float64)
+            fresh = sample_mixture(rng, task._controls[cell_type], n_block).astype(np.float64)
             blocks.append(
                 (fresh + scales * task._gradient(drug, cell_type, fresh)).astype(np.float32)
             )
@@ -271,7 +321,7 @@ def sciplex_like(
     obs = pd.DataFrame(
         {
             "condition": pd.Categorical.from_codes(
-                np.concatenate(cond_codes), categories=[control, *drugs]
+                np.concatenate(cond_codes), categories=[task.control, *drugs]
             ),
             "dose": np.concatenate(dose_col),
             "cell_type": pd.Categorical.from_codes(
@@ -280,23 +330,5 @@ def sciplex_like(
         },
         index=pd.Index([f"cell{i}" for i in range(len(x))]),
     )
-    var = pd.DataFrame(index=[f"f{j}" for j in range(n_features)])
-    adata = ad.AnnData(X=x, obs=obs, var=var)
-    adata.uns["sciplex_like"] = {
-        "seed": seed,
-        "doses": list(doses),
-        "cell_types": list(cell_types),
-        "hidden_descriptors": list(HIDDEN_DESCRIPTORS),
-    }
-    return SciplexLikeTask(
-        adata,
-        hidden_embedding,
-        task.smiles,
-        drugs,
-        doses,
-        cell_types,
-        control,
-        maps,
-        modulation,
-        controls,
-    )
+    var = pd.DataFrame(index=[f"f{j}" for j in range(x.shape[1])])
+    return ad.AnnData(X=x, obs=obs, var=var)

@@ -13,7 +13,7 @@ from scipy.special import expit
 
 from condmonge.errors import ConfigError, UnknownConditionError, suggest
 
-__all__ = ["AffineTask", "ConvexTask", "convex_task", "l2_uvp", "spd_affine_task"]
+__all__ = ["AffineTask", "ConvexTask", "convex_task", "spd_affine_task"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,12 @@ class AffineTask:
     names: list[str]
 
     def true_map(self, name: str, x: np.ndarray) -> np.ndarray:
-        """Apply the ground-truth map of condition ``name`` to ``x [n, d]``."""
+        """Apply the ground-truth map of condition ``name`` to ``x [n, d]``.
+
+        Args:
+          name: a condition name of the task.
+          x: ``[n, d]`` cells.
+        """
         i = self.names.index(name)
         return x @ self.matrices[i].T + self.offsets[i]
 
@@ -58,6 +63,13 @@ def spd_affine_task(
 
     Control and treated cells are drawn independently (unpaired), ``n_cells`` of each per
     condition.
+
+    Args:
+      n_conditions: number of conditions ``drug_0 ...``.
+      n_features: dimension ``d`` of the cells.
+      n_cells: control cells, and treated cells per condition.
+      seed: the same seed gives the same task.
+      eigen_range: range of the eigenvalues of every ``A_c``.
     """
     rng = np.random.default_rng(seed)
     d = n_features
@@ -83,21 +95,6 @@ def spd_affine_task(
     var = pd.DataFrame(index=[f"f{j}" for j in range(d)])
     adata = ad.AnnData(X=x, obs=obs, var=var)
     return AffineTask(adata, np.stack(matrices), np.stack(offsets), names)
-
-
-def l2_uvp(predicted: np.ndarray, true_mapped: np.ndarray) -> float:
-    r"""Unexplained variance percentage of a map (Korotin et al. 2021).
-
-    .. math::
-        \mathrm{L2\text{-}UVP} = 100 \cdot \frac{\mathbb{E}\|\hat T(x) - T^*(x)\|^2}
-            {\operatorname{tr}\operatorname{Cov}(T^*\sharp\mu)}
-
-    Args:
-      predicted: ``[n, d]`` images under the learned map; true_mapped: ``[n, d]`` under ``T*``.
-    """
-    err = np.mean(np.sum((predicted - true_mapped) ** 2, axis=1))
-    var = np.sum(np.var(true_mapped, axis=0))
-    return float(100.0 * err / var)
 
 
 @dataclass(frozen=True)
@@ -178,7 +175,13 @@ class ConvexTask:
     def map_embedding(
         self, embedding: np.ndarray, x: np.ndarray, dose: float | None = None
     ) -> np.ndarray:
-        """Ground-truth map of an arbitrary embedding vector applied to ``x [n, d]``."""
+        """Ground-truth map of an arbitrary embedding vector applied to ``x [n, d]``.
+
+        Args:
+          embedding: ``[embedding_dim]`` vector.
+          x: ``[n, d]`` cells.
+          dose: the dose (``None``: scale 1).
+        """
         m, b, w, beta = self._parameters(embedding)
         x = np.asarray(x, np.float64)
         a = self._theta["A"]
@@ -189,13 +192,24 @@ class ConvexTask:
         """Apply the ground-truth map of ``condition`` at ``dose`` to ``x [n, d]`` (float64).
 
         ``condition == 'control'`` is the identity.
+
+        Args:
+          condition: a condition name (or ``control``).
+          x: ``[n, d]`` cells.
+          dose: the dose (``None``: scale 1).
         """
         if condition == "control":
             return np.array(x, np.float64)
         return self.map_embedding(self._embedding(condition), x, dose)
 
     def potential(self, condition: str, x: np.ndarray, dose: float | None = None) -> np.ndarray:
-        r"""The convex potential :math:`\varphi` of :meth:`true_map` at ``x [n, d]``: ``[n]``."""
+        r"""The convex potential :math:`\varphi` of :meth:`true_map` at ``x [n, d]``: ``[n]``.
+
+        Args:
+          condition: a condition name (or ``control``).
+          x: ``[n, d]`` cells.
+          dose: the dose (``None``: scale 1).
+        """
         x = np.asarray(x, np.float64)
         half_norm = 0.5 * np.sum(x * x, axis=1)
         if condition == "control":
@@ -209,16 +223,29 @@ class ConvexTask:
         return half_norm + self._scale(dose) * psi
 
     def sample_controls(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` fresh draws ``[n, d]`` (float32) from the control distribution."""
-        return _mixture(np.random.default_rng(seed), self._theta, n)
+        """``n`` fresh draws ``[n, d]`` (float32) from the control distribution.
+
+        Args:
+          n: number of cells.
+          seed: seed of the draws.
+        """
+        return sample_mixture(np.random.default_rng(seed), self._theta, n)
 
 
 _SHARPNESS = 3.0  # |a_k|: ridges sharp on the scale of the control clusters
 
 
-def _mixture(rng: np.random.Generator, theta: dict[str, np.ndarray], n: int) -> np.ndarray:
-    # Clusters of unequal weight with anisotropic, heavy-tailed (Laplace) noise: heterogeneous
-    # and non-Gaussian, so a map cannot get away with matching means and covariances.
+def sample_mixture(rng: np.random.Generator, theta: dict[str, np.ndarray], n: int) -> np.ndarray:
+    """``n`` draws ``[n, d]`` (float32) of a Laplace mixture (the synthetic control cells).
+
+    Clusters of unequal weight with anisotropic, heavy-tailed (Laplace) noise: heterogeneous
+    and non-Gaussian, so a map cannot get away with matching means and covariances.
+
+    Args:
+      rng: the generator (advanced).
+      theta: ``weights [K]``, ``centres [K, d]`` and ``spreads [K, d]`` of the clusters.
+      n: number of draws.
+    """
     labels = rng.choice(len(theta["weights"]), size=n, p=theta["weights"])
     noise = rng.laplace(scale=1.0, size=(n, theta["centres"].shape[1]))
     return (theta["centres"][labels] + noise * theta["spreads"][labels]).astype(np.float32)
@@ -237,12 +264,17 @@ def convex_task(
 
     Args:
       n_conditions: conditions in total, ``n_unseen`` of them (the last ones) flagged unseen.
-      n_features: dimension of the cells.
+      n_features: dimension ``d`` of the cells.
       n_cells: control cells, and treated cells per condition and dose.
       embedding_dim: length of each condition's embedding (standard normal entries).
       doses: doses at which every condition is observed (``obs['dose']``); ``None`` gives no
         dose column and dose scale 1.
+      n_unseen: how many conditions (the last ones) are flagged unseen.
       seed: the same seed gives the same task.
+
+    Returns:
+      The task; its ``adata`` holds ``n_cells * (1 + n_conditions * len(doses))`` cells
+      ``[N, d]``.
     """
     if n_conditions < 1 or n_features < 1 or n_cells < 1 or embedding_dim < 1:
         raise ConfigError("n_conditions, n_features, n_cells and embedding_dim must be >= 1")
@@ -253,7 +285,27 @@ def convex_task(
         if not doses or not all(math.isfinite(d) and d >= 0 for d in doses):
             raise ConfigError(f"doses must be a non-empty list of numbers >= 0, got {doses}")
     rng = np.random.default_rng(seed)
-    d, p = n_features, embedding_dim
+    theta = _convex_parameters(rng, n_features, embedding_dim)
+    width = len(str(n_conditions - 1))
+    names = [f"drug_{i:0{width}d}" for i in range(n_conditions)]
+    embeddings = pd.DataFrame(
+        rng.normal(size=(n_conditions, embedding_dim)),
+        index=pd.Index(names, name="condition"),
+        columns=[f"emb_{j}" for j in range(embedding_dim)],
+    )
+    task = ConvexTask(  # without cells yet: its map pushes the treated blocks
+        ad.AnnData(np.zeros((0, n_features), np.float32)),
+        embeddings,
+        names,
+        names[n_conditions - n_unseen :],
+        doses,
+        theta,
+    )
+    return replace(task, adata=_convex_cells(task, rng, n_cells))
+
+
+def _convex_parameters(rng: np.random.Generator, d: int, p: int) -> dict[str, np.ndarray]:
+    """The control mixture and the map parameters of :class:`ConvexTask` (``d`` features)."""
     n_clusters, n_ridges = 4, 4
     theta = {
         "centres": rng.normal(scale=2.0, size=(n_clusters, d)),
@@ -266,26 +318,17 @@ def convex_task(
     }
     directions = rng.normal(size=(n_ridges, d))
     theta["A"] = _SHARPNESS * directions / np.linalg.norm(directions, axis=1, keepdims=True)
-    width = len(str(n_conditions - 1))
-    names = [f"drug_{i:0{width}d}" for i in range(n_conditions)]
-    embeddings = pd.DataFrame(
-        rng.normal(size=(n_conditions, p)),
-        index=pd.Index(names, name="condition"),
-        columns=[f"emb_{j}" for j in range(p)],
-    )
-    task = ConvexTask(  # without cells yet: its map pushes the treated blocks
-        ad.AnnData(np.zeros((0, d), np.float32)),
-        embeddings,
-        names,
-        names[n_conditions - n_unseen :],
-        doses,
-        theta,
-    )
-    blocks = [_mixture(rng, theta, n_cells)]
+    return theta
+
+
+def _convex_cells(task: ConvexTask, rng: np.random.Generator, n_cells: int) -> ad.AnnData:
+    """Controls, then every condition (and dose) pushed from fresh control draws."""
+    names, doses, theta = task.names, task.doses, task._theta
+    blocks = [sample_mixture(rng, theta, n_cells)]
     labels, dose_col = ["control"] * n_cells, [0.0] * n_cells
     for name in names:
         for dose in doses if doses is not None else [None]:
-            fresh = _mixture(rng, theta, n_cells)  # unpaired: new draws, same distribution
+            fresh = sample_mixture(rng, theta, n_cells)  # unpaired: new draws, same distribution
             blocks.append(task.true_map(name, fresh, dose).astype(np.float32))
             labels += [name] * n_cells
             dose_col += [0.0 if dose is None else dose] * n_cells
@@ -296,6 +339,5 @@ def convex_task(
     )
     if doses is not None:
         obs["dose"] = np.asarray(dose_col, np.float64)
-    var = pd.DataFrame(index=[f"f{j}" for j in range(d)])
-    adata = ad.AnnData(X=x, obs=obs, var=var)
-    return replace(task, adata=adata)
+    var = pd.DataFrame(index=[f"f{j}" for j in range(x.shape[1])])
+    return ad.AnnData(X=x, obs=obs, var=var)

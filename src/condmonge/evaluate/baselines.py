@@ -30,14 +30,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+from ott.neural.methods.monge_gap import MongeGapEstimator
+from ott.neural.networks.potentials import PotentialMLP
 
 from condmonge.conditions.spec import Condition, log_dose
-from condmonge.config import DataConfig, LossConfig
+from condmonge.config import LossConfig
 from condmonge.data.anndata_io import align_features, feature_matrix, feature_names
 from condmonge.data.pca import Projection, fit_pca
-from condmonge.data.predictions import assemble_prediction
+from condmonge.data.predictions import assemble_prediction, per_condition
 from condmonge.data.prepare import label_cells
-from condmonge.errors import NotFittedError, UnknownConditionError
+from condmonge.data.spec import ConditionSpec
+from condmonge.errors import ConfigError, NotFittedError, UnknownConditionError, suggest
+from condmonge.models.losses import monge_gap, sinkhorn_divergence
+from condmonge.ops import ridge_dual
 
 __all__ = [
     "Additive",
@@ -57,36 +62,31 @@ class Baseline:
     name = "baseline"
 
     def __init__(self) -> None:
-        self.data: DataConfig | None = None
+        self.spec: ConditionSpec | None = None
         self.feature_names: list[str] = []
         self.conditions: list[Condition] = []
 
     def fit(
         self,
         adata: ad.AnnData,
-        condition_key: str = "condition",
-        control: str = "control",
+        spec: ConditionSpec | None = None,
         *,
-        dose_key: str | None = None,
-        cell_type_key: str | None = None,
-        use_rep: str | None = None,
         embeddings: Mapping[str, pd.DataFrame] | None = None,
-        combination_sep: str = "+",
     ) -> Baseline:
-        """Learn from the treated and control cells of ``adata`` (the training cells)."""
-        self.data = DataConfig(
-            condition_key=condition_key,
-            control=control,
-            dose_key=dose_key,
-            cell_type_key=cell_type_key,
-            use_rep=use_rep,
-            combination_sep=combination_sep,
-        )
-        cells = label_cells(adata, self.data)
+        """Learn from the treated and control cells of ``adata`` (the training cells).
+
+        Args:
+          adata: cells x features, annotated as ``spec`` says.
+          spec: the data's meaning; ``None`` is the default spec.
+          embeddings: condition tables keyed by ``spec.condition_key`` (for baselines that
+            use one).
+        """
+        self.spec = spec = (spec or ConditionSpec()).validate(adata)
+        cells = label_cells(adata, spec)
         self.conditions = list(cells.conditions)
-        self.feature_names = feature_names(adata, use_rep)
-        x = feature_matrix(adata, use_rep)
-        table = (embeddings or {}).get(condition_key)
+        self.feature_names = feature_names(adata, spec.use_rep)
+        x = feature_matrix(adata, spec.use_rep)
+        table = (embeddings or {}).get(spec.condition_key)
         self._fit(x, cells, table)
         return self
 
@@ -99,11 +99,12 @@ class Baseline:
 
     def predict(self, adata: ad.AnnData, conditions: Sequence[Condition]) -> ad.AnnData:
         """Predict each condition from the control cells of ``adata`` (the model's layout)."""
-        if self.data is None:
+        if self.spec is None:
             raise NotFittedError(f"baseline '{self.name}' is not fitted; call `fit` first")
-        x = align_features(adata, self.feature_names, self.data.use_rep)
+        x = align_features(adata, self.feature_names, self.spec.use_rep)
         return assemble_prediction(
-            adata, x, conditions, self.transport, self.data, self.feature_names,
+            adata, x, conditions, per_condition(self.transport, conditions), self.spec,
+            self.feature_names,
             uns={"method": self.name},
         )  # fmt: skip
 
@@ -224,10 +225,8 @@ class Linear(MeanShift):
         phi = self.matrix
         y = np.stack([self.shifts[c.key()] for c in self.conditions])
         self.phi_mean, self.y_mean = phi.mean(0), y.mean(0)
-        a = phi - self.phi_mean
-        # Ridge in the dual when there are fewer conditions than features.
-        gram = a @ a.T + self.alpha * np.eye(len(a))
-        self.coef = a.T @ np.linalg.solve(gram, y - self.y_mean)
+        # Ridge in the dual: there are fewer conditions than features.
+        self.coef = ridge_dual(phi - self.phi_mean, y - self.y_mean, self.alpha)
 
     def transport(self, x, condition):  # noqa: D102
         shift = (self.features(condition) - self.phi_mean) @ self.coef + self.y_mean
@@ -264,11 +263,6 @@ class MongeGapPerCondition(Baseline):
         self.projection: Projection | None = None
 
     def _fit(self, x, cells, table):
-        from ott.neural.methods.monge_gap import MongeGapEstimator
-        from ott.neural.networks.potentials import PotentialMLP
-
-        from condmonge.models.losses import monge_gap, sinkhorn_divergence
-
         if self.n_pca is not None:
             self.projection = fit_pca(x, min(self.n_pca, *x.shape))
             x = self.projection.encode(x)
@@ -335,10 +329,13 @@ BASELINES = {
 
 
 def make_baseline(name: str, **options: Any) -> Baseline:
-    """Instantiate a baseline by name (see :data:`BASELINES`)."""
-    if name not in BASELINES:
-        from condmonge.errors import ConfigError, suggest
+    """Instantiate a baseline by name (see :data:`BASELINES`).
 
+    Args:
+      name: a key of :data:`BASELINES`.
+      **options: the baseline's constructor options.
+    """
+    if name not in BASELINES:
         raise ConfigError(
             f"unknown baseline '{name}'{suggest(name, BASELINES)}; choose from {sorted(BASELINES)}"
         )

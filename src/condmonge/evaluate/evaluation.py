@@ -18,9 +18,8 @@ from condmonge.conditions.spec import Condition
 from condmonge.config import DataConfig
 from condmonge.data.anndata_io import align_features, feature_matrix
 from condmonge.data.prepare import label_cells
-from condmonge.datasets.synthetic import l2_uvp
 from condmonge.errors import DataError, suggest
-from condmonge.evaluate.metrics import DE_SIZES, evaluate_populations
+from condmonge.evaluate.metrics import DE_SIZES, evaluate_populations, l2_uvp
 
 __all__ = ["TruthSets", "evaluate_prediction", "truth_sets"]
 

@@ -11,6 +11,9 @@ run directory:
   condition), ``mean_deltas.png`` (predicted vs true mean deltas), ``moments.png`` (variance and
   skewness), ``pca.png`` (control / true / predicted cells for a few conditions);
 - ``predictions.h5ad`` (the model's), ``model/`` (checkpoint), ``experiment.yaml`` (the config).
+
+This module is the top of the evaluation layer: it drives the model facade
+(:class:`condmonge.ConditionalMonge`), the baselines and the reports.
 """
 
 from __future__ import annotations
@@ -19,21 +22,25 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import anndata as ad
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from condmonge.config import Config
+from condmonge.conditions.effect import effect_embedding, infer_effect_embedding
+from condmonge.conditions.smiles import parse_smiles_spec, read_smiles_table, reduce_embedding
+from condmonge.config import Config, StrictModel, read_yaml_mapping, validate_tree
 from condmonge.data.anndata_io import feature_matrix, read_h5ad, write_h5ad_atomic
-from condmonge.data.splits import make_split, split_summary
+from condmonge.data.prepare import label_cells
+from condmonge.data.splits import SplitPlan, make_split, split_summary
+from condmonge.datasets import convex_task, norman_mcfaline, sciplex_like
 from condmonge.errors import ConfigError
 from condmonge.evaluate.baselines import MongeGapPerCondition, make_baseline
-from condmonge.evaluate.evaluation import evaluate_prediction, truth_sets
+from condmonge.evaluate.evaluation import TruthSets, evaluate_prediction, truth_sets
 from condmonge.evaluate.report import (
     best_baseline,
     plot_mean_deltas,
@@ -45,17 +52,14 @@ from condmonge.evaluate.report import (
     to_markdown,
 )
 from condmonge.files import replace_atomically
+from condmonge.model import ConditionalMonge
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "load_experiment_config", "run_experiment"]
 
 MODEL_NAME = "condmonge"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SplitSettings(_Strict):
+class SplitSettings(StrictModel):
     """Arguments of :func:`condmonge.data.splits.make_split`."""
 
     kind: str = "condition"
@@ -69,7 +73,7 @@ class SplitSettings(_Strict):
     seed: int = 0
 
 
-class SyntheticSettings(_Strict):
+class SyntheticSettings(StrictModel):
     """Arguments of :func:`condmonge.datasets.convex_task` (``dataset: synthetic``)."""
 
     n_conditions: int = Field(default=20, gt=1)
@@ -80,7 +84,7 @@ class SyntheticSettings(_Strict):
     seed: int = 0
 
 
-class SciplexLikeSettings(_Strict):
+class SciplexLikeSettings(StrictModel):
     """Arguments of :func:`condmonge.datasets.sciplex_like` (``dataset: sciplex_like``).
 
     ``smiles`` is a CSV of drug names and SMILES (relative to the config file; ``None``: the
@@ -96,7 +100,7 @@ class SciplexLikeSettings(_Strict):
     seed: int = 0
 
 
-class EffectSettings(_Strict):
+class EffectSettings(StrictModel):
     """The ``effect`` embeddings (:func:`condmonge.conditions.effect.effect_embedding`).
 
     Fitted on the training split only; with ``effect+smiles:PATH`` the drugs without training
@@ -109,7 +113,7 @@ class EffectSettings(_Strict):
     infer: Literal["ridge", "knn"] = "ridge"
 
 
-class MongeGapSettings(_Strict):
+class MongeGapSettings(StrictModel):
     """The per-condition Monge gap baseline (ott-jax estimator, one per condition)."""
 
     steps: int = Field(default=500, gt=0)
@@ -117,7 +121,7 @@ class MongeGapSettings(_Strict):
     seed: int = 0
 
 
-class EvaluationSettings(_Strict):
+class EvaluationSettings(StrictModel):
     """How predictions are scored and plotted."""
 
     max_cells: int = Field(default=500, gt=1, description="subsample size per population")
@@ -126,7 +130,7 @@ class EvaluationSettings(_Strict):
     seed: int = 0
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """One experiment, validated; unknown keys are errors.
 
     ``dataset`` is ``norman_mcfaline`` (shipped), ``synthetic`` (known OT maps, L2-UVP
@@ -158,8 +162,6 @@ class ExperimentConfig(_Strict):
     @field_validator("embeddings")
     @classmethod
     def _check_embeddings(cls, value: dict[str, str]) -> dict[str, str]:
-        from condmonge.conditions.smiles import parse_smiles_spec
-
         for key, spec in value.items():
             rest = spec[len("effect+") :] if spec.startswith("effect+") else spec
             if spec in ("effect", "controls"):
@@ -174,27 +176,25 @@ class ExperimentConfig(_Strict):
 
 
 def experiment_config_from_dict(tree: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a nested dict; unknown or ill-typed keys are a :class:`ConfigError`."""
-    try:
-        return ExperimentConfig.model_validate(tree or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{source}: '{where}': {err['msg']}") from None
+    """Validate a nested dict; unknown or ill-typed keys are a :class:`ConfigError`.
+
+    Args:
+      tree: nested mapping (parsed YAML).
+      source: where it came from, for messages.
+    """
+    return validate_tree(ExperimentConfig, tree or {}, source)
 
 
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment YAML file (safe loader: data only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment config '{path}' does not exist")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
-    if tree is not None and not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return experiment_config_from_dict(tree or {}, str(path))
+    """Read an experiment YAML file (safe loader: data only).
+
+    Args:
+      path: the YAML file.
+
+    Raises:
+      ConfigError: missing file, invalid YAML, unknown or ill-typed key.
+    """
+    return experiment_config_from_dict(read_yaml_mapping(path, "experiment config"), str(path))
 
 
 @dataclass
@@ -207,77 +207,88 @@ class ExperimentResult:
     record: dict[str, Any]
 
 
+@dataclass
+class _Data:
+    """An experiment's data once loaded and split (see :func:`_prepare`)."""
+
+    train: ad.AnnData
+    test: ad.AnnData
+    truth: TruthSets
+    embeddings: dict[str, Any]
+    true_map: Callable | None
+    sides: pd.DataFrame
+
+
+@dataclass
+class _Run:
+    """What an experiment produced, for :func:`_write_report`."""
+
+    config: ExperimentConfig
+    out: Path
+    data: _Data
+    model: ConditionalMonge
+    predictions: dict[str, ad.AnnData]
+    per_condition: pd.DataFrame
+    summary: pd.DataFrame
+    timings: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
 def _load(config: ExperimentConfig, base: Path):
     """The AnnData, embedding sources, true maps (synthetic data) and holdout of an experiment.
 
     Embedding sources are tables or callables ``(train_adata, fit_names) -> table``, resolved
     by :func:`_resolve_embeddings` once the training split is known.
     """
-    true_map: Callable | None = None
     embeddings: dict[str, Any] = {
         key: _embedding_source(config, base, spec) for key, spec in config.embeddings.items()
     }
     holdout = config.split.holdout
-    d = config.model.data
+    true_map: Callable | None = None
     if config.dataset == "norman_mcfaline":
-        from condmonge.datasets import norman_mcfaline
-
         adata = norman_mcfaline()
     elif config.dataset == "synthetic":
-        from condmonge.datasets import convex_task
-
-        s = config.synthetic
-        task = convex_task(
-            n_conditions=s.n_conditions,
-            n_features=s.n_features,
-            n_cells=s.n_cells,
-            embedding_dim=s.embedding_dim,
-            n_unseen=s.n_unseen,
-            seed=s.seed,
-        )
-        adata = task.adata
-        embeddings.setdefault(d.condition_key, task.embeddings)
-        dose_key = d.dose_key
-
-        def true_map(cond, x):
-            return task.true_map(cond.label(), x, cond.doses[0] if dose_key else None)
-
-        if holdout is None and config.split.kind == "condition" and task.unseen:
-            holdout = list(task.unseen)
+        adata, table, true_map, unseen = _synthetic(config)
+        embeddings.setdefault(config.model.data.condition_key, table)
+        if holdout is None and config.split.kind == "condition" and unseen:
+            holdout = unseen
     elif config.dataset == "sciplex_like":
-        from condmonge.conditions.smiles import read_smiles_table
-        from condmonge.datasets import sciplex_like
-
-        s = config.sciplex_like
-        sciplex = sciplex_like(
-            read_smiles_table(base / s.smiles) if s.smiles is not None else None,
-            n_drugs=s.n_drugs,
-            doses=s.doses,
-            cell_types=s.cell_types,
-            n_cells=s.n_cells,
-            n_features=s.n_features,
-            control=d.control,
-            seed=s.seed,
-        )
-        adata = sciplex.adata
-        if (d.condition_key, d.dose_key, d.cell_type_key) != ("condition", "dose", "cell_type"):
-            raise ConfigError(
-                "dataset sciplex_like needs model.data.condition_key: condition, dose_key: dose "
-                "and cell_type_key: cell_type"
-            )
-
-        def true_map(cond, x):
-            return sciplex.true_map(cond.label(), cond.doses[0], cond.cell_type, x)
-
+        adata, true_map = _sciplex_like(config, base)
     else:
         adata = read_h5ad(base / config.dataset)
     return adata, embeddings, true_map, holdout
 
 
+def _synthetic(config: ExperimentConfig):
+    """``dataset: synthetic``: the AnnData, its embedding table, true maps and unseen names."""
+    task = convex_task(**config.synthetic.model_dump())
+    dose_key = config.model.data.dose_key
+
+    def true_map(cond, x):
+        return task.true_map(cond.label(), x, cond.doses[0] if dose_key else None)
+
+    return task.adata, task.embeddings, true_map, list(task.unseen)
+
+
+def _sciplex_like(config: ExperimentConfig, base: Path):
+    """``dataset: sciplex_like``: the AnnData and its true maps."""
+    d, s = config.model.data, config.sciplex_like
+    if (d.condition_key, d.dose_key, d.cell_type_key) != ("condition", "dose", "cell_type"):
+        raise ConfigError(
+            "dataset sciplex_like needs model.data.condition_key: condition, dose_key: dose "
+            "and cell_type_key: cell_type"
+        )
+    smiles = read_smiles_table(base / s.smiles) if s.smiles is not None else None
+    task = sciplex_like(smiles, control=d.control, **s.model_dump(exclude={"smiles"}))
+
+    def true_map(cond, x):
+        return task.true_map(cond.label(), cond.doses[0], cond.cell_type, x)
+
+    return task.adata, true_map
+
+
 def _embedding_source(config: ExperimentConfig, base: Path, spec: str):
     """A table (plain CSV) or a callable ``(train, fit_names) -> table`` for one spec."""
-    from condmonge.conditions.smiles import parse_smiles_spec
-
     d = config.model.data
     if spec == "controls":
         return _controls_source(config)
@@ -293,31 +304,35 @@ def _embedding_source(config: ExperimentConfig, base: Path, spec: str):
 
         return smiles
 
-    e = config.effect
-
     def effect(train, fit_names):
-        from condmonge.conditions.effect import effect_embedding, infer_effect_embedding
-
-        singles = [n for n in fit_names if n in set(train.obs[d.condition_key].astype(str))]
-        table = effect_embedding(
-            train,
-            d.condition_key,
-            d.control,
-            train_conditions=fit_names,
-            missing="skip",
-            cell_type_key=d.cell_type_key,
-            dose_key=d.dose_key,
-            n_components=min(e.n_components, max(len(singles), 1)),
-            method=e.method,
-            use_rep=d.use_rep,
-        )
+        table = _effect_table(config, train, fit_names)
         if structure is None:
             return table
         return infer_effect_embedding(
-            table, structure.load(fit_names=fit_names, control=d.control), method=e.infer
+            table,
+            structure.load(fit_names=fit_names, control=d.control),
+            method=config.effect.infer,
         )
 
     return effect
+
+
+def _effect_table(config: ExperimentConfig, train: ad.AnnData, fit_names: list[str]):
+    """The ``effect`` embedding of the training split (drugs seen only in combinations skipped)."""
+    d, e = config.model.data, config.effect
+    singles = [n for n in fit_names if n in set(train.obs[d.condition_key].astype(str))]
+    return effect_embedding(
+        train,
+        d.condition_key,
+        d.control,
+        train_conditions=fit_names,
+        missing="skip",
+        cell_type_key=d.cell_type_key,
+        dose_key=d.dose_key,
+        n_components=min(e.n_components, max(len(singles), 1)),
+        method=e.method,
+        use_rep=d.use_rep,
+    )
 
 
 def _controls_source(config: ExperimentConfig):
@@ -330,9 +345,6 @@ def _controls_source(config: ExperimentConfig):
     d = config.model.data
 
     def controls(train, fit_names):
-        from condmonge.conditions.smiles import reduce_embedding
-        from condmonge.data.anndata_io import feature_matrix
-
         if d.cell_type_key is None:
             raise ConfigError("'controls' embeddings need model.data.cell_type_key")
         is_control = (train.obs[d.condition_key].astype(str) == str(d.control)).to_numpy()
@@ -354,10 +366,8 @@ def _resolve_embeddings(config: ExperimentConfig, sources: dict[str, Any], train
     Sources of the cell-type column get the training cell types, the others the training
     perturbations; the same tables then go to the model and to every baseline.
     """
-    from condmonge.data.prepare import label_cells
-
     d = config.model.data
-    cells = label_cells(train, d)
+    cells = label_cells(train, d.spec)
     perts = sorted({p for c in cells.conditions for p in c.perturbations})
     types = sorted({str(c.cell_type) for c in cells.conditions if c.cell_type is not None})
     return {
@@ -375,60 +385,71 @@ def run_experiment(
     config_dir: str | Path = ".",
     log: Callable[[str], None] | None = print,
 ) -> ExperimentResult:
-    """Run ``config`` and write its report to ``out`` (see the module docstring)."""
+    """Run ``config`` and write its report to ``out`` (see the module docstring).
+
+    Args:
+      config: the validated experiment.
+      out: the run directory (created).
+      config_dir: the directory relative paths of ``config`` are taken from.
+      log: called with one line per stage; ``None`` is silent.
+
+    Returns:
+      :class:`ExperimentResult` (everything is also written to ``out``).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _msg: None)
-    d = config.model.data
-    adata, embeddings, true_map, holdout = _load(config, Path(config_dir))
-    s = config.split
-    split = make_split(
-        adata,
-        s.kind,
-        holdout=holdout,
-        fraction=s.fraction,
-        n_folds=s.n_folds,
-        fold=s.fold,
-        condition_key=d.condition_key,
-        control=d.control,
-        dose_key=d.dose_key,
-        cell_type_key=d.cell_type_key,
-        sep=d.combination_sep,
-        control_test_fraction=s.control_test_fraction,
-        seed=s.seed,
-        key_added="split",
+    data = _prepare(config, Path(config_dir))
+    say(
+        f"split {config.split.kind}: {len(data.truth.conditions)} test conditions, "
+        f"{data.train.n_obs} training cells"
     )
+    timings: dict[str, float] = {}
+    model, predictions = _run_model(config, data, out, timings)
+    notes = _run_baselines(config, data, predictions, timings, say)
+    start = time.perf_counter()
+    per_condition = _evaluate_all(config, data, predictions)
+    timings["evaluate"] = time.perf_counter() - start
+    run = _Run(
+        config, out, data, model, predictions, per_condition, summarize(per_condition), timings,
+        notes,
+    )  # fmt: skip
+    record = _write_report(run)
+    return ExperimentResult(per_condition, run.summary, predictions, record)
+
+
+def _prepare(config: ExperimentConfig, base: Path) -> _Data:
+    """Load the data, split it, resolve the embeddings on the training side, group the truth."""
+    d = config.model.data
+    adata, embeddings, true_map, holdout = _load(config, base)
+    s = config.split
+    plan = SplitPlan(**(s.model_dump() | {"holdout": holdout}))
+    split = make_split(adata, plan, d.spec, key_added="split")
     sides = split_summary(adata, "split")
     train = adata[(split == "train").to_numpy()].copy()
     test = adata[(split == "test").to_numpy()].copy()
     embeddings = _resolve_embeddings(config, embeddings, train)
-    truth = truth_sets(test, d)
-    conditions = list(truth.conditions.values())
-    say(f"split {s.kind}: {len(conditions)} test conditions, {train.n_obs} training cells")
+    return _Data(train, test, truth_sets(test, d), embeddings, true_map, sides)
 
-    timings: dict[str, float] = {}
-    predictions: dict[str, ad.AnnData] = {}
+
+def _run_model(config: ExperimentConfig, data: _Data, out: Path, timings: dict[str, float]):
+    """Train the model on the training split and predict every test condition."""
     start = time.perf_counter()
-    from condmonge.model import ConditionalMonge
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*sampled with replacement")
         model = ConditionalMonge(config.model).fit(
-            train, embeddings=embeddings, checkpoint_dir=out / "model"
+            data.train, embeddings=data.embeddings, checkpoint_dir=out / "model"
         )
     timings["train_" + MODEL_NAME] = time.perf_counter() - start
     start = time.perf_counter()
-    predictions[MODEL_NAME] = model.predict(test, conditions)
+    predictions = {MODEL_NAME: model.predict(data.test, list(data.truth.conditions.values()))}
     timings["predict_" + MODEL_NAME] = time.perf_counter() - start
+    return model, predictions
 
-    fit_kwargs = {
-        "condition_key": d.condition_key,
-        "control": d.control,
-        "dose_key": d.dose_key,
-        "cell_type_key": d.cell_type_key,
-        "use_rep": d.use_rep,
-        "combination_sep": d.combination_sep,
-    }
+
+def _run_baselines(config, data: _Data, predictions, timings, say) -> list[str]:
+    """Fit every baseline, add its predictions; returns the notes for the report."""
+    d, s = config.model.data, config.split
     notes = []
     for name in config.baselines:
         start = time.perf_counter()
@@ -438,7 +459,7 @@ def run_experiment(
                 steps=m.steps, n_pca=m.n_pca, loss=config.model.loss, seed=m.seed
             )
             if s.kind == "random":
-                baseline.fit(train, **fit_kwargs)
+                baseline.fit(data.train, d.spec)
             else:
                 # Out-of-distribution splits leave no training cells of a test condition: the
                 # condition-specific model is then an oracle fitted on the test cells.
@@ -448,24 +469,27 @@ def run_experiment(
                     "that condition's *test* cells (an in-sample upper reference, not a "
                     "competitor): condition-specific models cannot predict unseen conditions."
                 )
-                baseline.fit(test, **fit_kwargs)
+                baseline.fit(data.test, d.spec)
         else:
-            baseline = make_baseline(name).fit(train, embeddings=embeddings, **fit_kwargs)
+            baseline = make_baseline(name).fit(data.train, d.spec, embeddings=data.embeddings)
         say(f"baseline {name}")
-        predictions[name] = baseline.predict(test, conditions)
+        predictions[name] = baseline.predict(data.test, list(data.truth.conditions.values()))
         timings[f"fit_predict_{name}"] = time.perf_counter() - start
+    return notes
 
-    ev = config.evaluation
-    sources = feature_matrix(test, d.use_rep) if true_map is not None else None
-    start = time.perf_counter()
-    per_condition = pd.concat(
+
+def _evaluate_all(config: ExperimentConfig, data: _Data, predictions) -> pd.DataFrame:
+    """Every metric of every method on every test condition (one row per method x condition)."""
+    ev, d = config.evaluation, config.model.data
+    sources = feature_matrix(data.test, d.use_rep) if data.true_map is not None else None
+    return pd.concat(
         [
             evaluate_prediction(
                 pred,
-                truth,
+                data.truth,
                 d,
                 method=method,
-                true_map=true_map,
+                true_map=data.true_map,
                 sources=sources,
                 max_cells=ev.max_cells,
                 seed=ev.seed,
@@ -473,78 +497,93 @@ def run_experiment(
             for method, pred in predictions.items()
         ]
     )
-    timings["evaluate"] = time.perf_counter() - start
-    summary = summarize(per_condition)
-    record = _write_report(
-        config, out, per_condition, summary, predictions, truth, sides, timings, notes, model
-    )
-    return ExperimentResult(per_condition, summary, predictions, record)
 
 
-def _write_report(
-    config, out, per_condition, summary, predictions, truth, sides, timings, notes, model
-):
-    ev = config.evaluation
+def _write_report(run: _Run) -> dict[str, Any]:
+    """Write the tables, figures, ``summary.json`` and ``report.md``; returns the record."""
+    out, config = run.out, run.config
     # Every file is written under a temporary name and renamed: never half-written.
     replace_atomically(
-        out / "per_condition.csv", lambda t: per_condition.to_csv(t, index_label="condition")
+        out / "per_condition.csv", lambda t: run.per_condition.to_csv(t, index_label="condition")
     )
-    replace_atomically(out / "summary.csv", lambda t: summary.to_csv(t, index_label="method"))
-    write_h5ad_atomic(predictions[MODEL_NAME], out / "predictions.h5ad")
+    replace_atomically(out / "summary.csv", lambda t: run.summary.to_csv(t, index_label="method"))
+    write_h5ad_atomic(run.predictions[MODEL_NAME], out / "predictions.h5ad")
     _write_text(
         out / "experiment.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     )
     # Top-k DE sets exist only when there are more than k features.
-    headline = ev.headline_metric if ev.headline_metric in summary else "r2_delta_all"
-    rival = best_baseline(summary, MODEL_NAME, headline) if len(summary) > 1 else MODEL_NAME
-    shown = {MODEL_NAME: predictions[MODEL_NAME]}
+    ev = config.evaluation
+    headline = ev.headline_metric if ev.headline_metric in run.summary else "r2_delta_all"
+    rival = best_baseline(run.summary, MODEL_NAME, headline) if len(run.summary) > 1 else MODEL_NAME
+    figures = _write_figures(run, headline, rival)
+    record = _record(run, headline, rival)
+    _write_text(out / "summary.json", json.dumps(record, indent=2))
+    _write_text(out / "report.md", _report_markdown(run, record, headline, figures))
+    return record
+
+
+def _write_figures(run: _Run, headline: str, rival: str) -> list[str]:
+    """The figures of the report (model and best baseline); returns their file names."""
+    out, truth = run.out, run.data.truth
+    shown = {MODEL_NAME: run.predictions[MODEL_NAME]}
     if rival != MODEL_NAME:
-        shown[rival] = predictions[rival]
-    keys = list(truth.conditions)[: ev.plot_conditions]
-    plot_summary(per_condition, out / "summary.png")
+        shown[rival] = run.predictions[rival]
+    keys = list(truth.conditions)[: run.config.evaluation.plot_conditions]
+    plot_summary(run.per_condition, out / "summary.png")
     figures = ["summary.png"]
     if rival != MODEL_NAME:
         plot_metric_per_condition(
-            per_condition, headline, MODEL_NAME, rival, out / "per_condition.png"
+            run.per_condition, headline, MODEL_NAME, rival, out / "per_condition.png"
         )
         figures.append("per_condition.png")
     plot_mean_deltas(shown, truth, out / "mean_deltas.png")
     plot_moments(shown, truth, out / "moments.png")
     plot_pca(shown, truth, keys, out / "pca.png")
-    figures += ["mean_deltas.png", "moments.png", "pca.png"]
+    return figures + ["mean_deltas.png", "moments.png", "pca.png"]
 
-    s = config.split
+
+def _record(run: _Run, headline: str, rival: str) -> dict[str, Any]:
+    """The ``summary.json`` record: split, steps, timings, best baseline and wins."""
+    per_condition = run.per_condition
     wins = {}
     model_rows = per_condition[per_condition["method"] == MODEL_NAME][headline]
     if rival != MODEL_NAME:
         rival_rows = per_condition[per_condition["method"] == rival][headline]
         wins = {"conditions": int((model_rows > rival_rows).sum()), "of": int(len(model_rows))}
-    record = {
-        "dataset": config.dataset,
-        "split": s.model_dump(mode="json"),
-        "test_conditions": list(truth.conditions),
-        "steps": int(model.state.step),
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
+    return {
+        "dataset": run.config.dataset,
+        "split": run.config.split.model_dump(mode="json"),
+        "test_conditions": list(run.data.truth.conditions),
+        "steps": int(run.model.state.step),
+        "seconds": {k: round(v, 2) for k, v in run.timings.items()},
         "best_baseline": rival,
         "model_beats_best_baseline_on": wins,
-        "summary": json.loads(summary.to_json(orient="index")),
+        "summary": json.loads(run.summary.to_json(orient="index")),
     }
-    _write_text(out / "summary.json", json.dumps(record, indent=2))
+
+
+def _report_markdown(run: _Run, record: dict[str, Any], headline: str, figures: list[str]) -> str:
+    """The text of ``report.md``."""
+    timings, wins, rival = (
+        run.timings,
+        record["model_beats_best_baseline_on"],
+        record["best_baseline"],
+    )
     lines = [
-        f"# condmonge experiment: {config.dataset}, {s.kind} split",
+        f"# condmonge experiment: {run.config.dataset}, {run.config.split.kind} split",
         "",
-        f"Held-out (test) conditions: {len(truth.conditions)}. "
+        f"Held-out (test) conditions: {len(run.data.truth.conditions)}. "
         f"Training stopped at step {record['steps']}; "
         f"training took {timings['train_' + MODEL_NAME]:.0f} s, evaluation "
         f"{timings['evaluate']:.1f} s.",
         "",
         "## Split",
         "",
-        _frame_markdown(sides),
+        _frame_markdown(run.data.sides),
         "",
         "## Metrics (mean ± sd over held-out conditions; best in bold)",
         "",
-        to_markdown(summary),
+        to_markdown(run.summary),
     ]
     if wins:
         lines += [
@@ -552,7 +591,7 @@ def _write_report(
             f"{wins['conditions']} of {wins['of']} conditions.",
             "",
         ]
-    lines += [f"- {n}" for n in dict.fromkeys(notes)]
+    lines += [f"- {n}" for n in dict.fromkeys(run.notes)]
     lines += [
         "",
         "Metric names: `r2_*` coefficient of determination, `pearson_r2_*` squared Pearson; "
@@ -563,8 +602,7 @@ def _write_report(
         "",
     ]
     lines += [f"![{f}]({f})" for f in figures]
-    _write_text(out / "report.md", "\n".join(lines) + "\n")
-    return record
+    return "\n".join(lines) + "\n"
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from ott.geometry import pointcloud
-from ott.tools import sinkhorn_divergence as sd
+
+from condmonge.ops import EPS, energy_distance, normalised_weights, sinkhorn_terms, sq_distances
 
 __all__ = [
     "DE_SIZES",
@@ -36,6 +36,7 @@ __all__ = [
     "energy_distance",
     "entropic_w2",
     "evaluate_populations",
+    "l2_uvp",
     "mean_delta_r2",
     "mean_r2_pearson",
     "mmd_rbf",
@@ -51,22 +52,10 @@ __all__ = [
 
 #: RBF precisions of the reference evaluation (cmonge), averaged by :func:`mmd_rbf`.
 MMD_GAMMAS = (2.0, 1.0, 0.5, 0.1, 0.01, 0.005)
+#: Optional weights ``[n]`` of a point cloud (``None``: uniform).
+Weights = jnp.ndarray | None
 #: Sizes of the top differentially expressed feature sets.
 DE_SIZES = (20, 50, 100)
-
-_EPS = 1e-12
-
-
-def _weights(w: jnp.ndarray | None, n: int) -> jnp.ndarray:
-    if w is None:
-        return jnp.full((n,), 1.0 / n, jnp.float32)
-    w = jnp.asarray(w, jnp.float32)
-    return w / jnp.sum(w)
-
-
-def _sq_dists(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-    d = jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None, :] - 2.0 * x @ y.T
-    return jnp.maximum(d, 0.0)
 
 
 def _pair_mean(values: jnp.ndarray, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -87,8 +76,12 @@ def weighted_moments(
 
     Returns:
       Four ``[d]`` arrays.
+
+    Args:
+      x: ``[n, d]`` points.
+      w: ``[n]`` weights (``None``: uniform; zeros mark padding).
     """
-    w = _weights(w, x.shape[0])
+    w = normalised_weights(w, x.shape[0])
     mean = w @ x
     c = x - mean
     m2 = w @ c**2
@@ -109,6 +102,14 @@ def r2_score(pred: jnp.ndarray, true: jnp.ndarray, mask: jnp.ndarray | None = No
 
     restricted to ``mask`` (boolean ``[d]``) when given. 0 for predicting the average, negative
     when worse; NaN when ``true`` is constant.
+
+    Args:
+      pred: ``[d]`` predicted values.
+      true: ``[d]`` observed values.
+      mask: ``[d]`` boolean, the features to score (``None``: all).
+
+    Returns:
+      A scalar.
     """
     m = jnp.ones_like(true) if mask is None else mask.astype(true.dtype)
     n = jnp.sum(m)
@@ -124,6 +125,12 @@ def pearson_r2(
     """Squared Pearson correlation of ``pred [d]`` and ``true [d]`` over (masked) features.
 
     NaN when either side is constant.
+
+    Args:
+      pred: ``[d]``; true: ``[d]``; mask: ``[d]`` boolean or ``None`` (as :func:`r2_score`).
+
+    Returns:
+      A scalar.
     """
     m = jnp.ones_like(true) if mask is None else mask.astype(true.dtype)
     n = jnp.sum(m)
@@ -135,7 +142,13 @@ def pearson_r2(
 
 
 def top_de_mask(truth_mean: jnp.ndarray, control_mean: jnp.ndarray, k: int) -> jnp.ndarray:
-    """Boolean ``[d]`` mask of the ``k`` features whose observed mean moves most (|Δ|)."""
+    """Boolean ``[d]`` mask of the ``k`` features whose observed mean moves most (|Δ|).
+
+    Args:
+      truth_mean: ``[d]`` mean of the observed treated cells.
+      control_mean: ``[d]`` mean of the controls.
+      k: number of features (at most ``d``).
+    """
     k = min(k, truth_mean.shape[0])
     _, idx = jax.lax.top_k(jnp.abs(truth_mean - control_mean), k)
     return jnp.zeros(truth_mean.shape, bool).at[idx].set(True)
@@ -148,6 +161,9 @@ def moment_errors(
 
     Returns ``r2_var``, ``mae_var``, ``r2_skew``, ``mae_skew``, ``r2_kurtosis``,
     ``mae_kurtosis``: R² (:func:`r2_score`) across features and mean absolute error.
+
+    Args:
+      x: ``[n, d]`` prediction; y: ``[m, d]`` truth; a: ``[n]``; b: ``[m]`` (weights).
     """
     _, vx, sx, kx = weighted_moments(x, a)
     _, vy, sy, ky = weighted_moments(y, b)
@@ -174,9 +190,16 @@ def mmd_rbf(
         \mathrm{MMD}^2 = \mathbb{E}k(X,X') + \mathbb{E}k(Y,Y') - 2\,\mathbb{E}k(X,Y)
 
     (V-statistic: 0 for identical samples). The default ``gammas`` are the reference's.
+
+    Args:
+      x: ``[n, d]``; y: ``[m, d]``; a: ``[n]``; b: ``[m]`` (weights; ``None`` = uniform).
+      gammas: RBF precisions averaged over.
+
+    Returns:
+      A scalar.
     """
-    a, b = _weights(a, x.shape[0]), _weights(b, y.shape[0])
-    dxx, dyy, dxy = _sq_dists(x, x), _sq_dists(y, y), _sq_dists(x, y)
+    a, b = normalised_weights(a, x.shape[0]), normalised_weights(b, y.shape[0])
+    dxx, dyy, dxy = sq_distances(x, x), sq_distances(y, y), sq_distances(x, y)
     values = [
         _pair_mean(jnp.exp(-g * dxx), a, a)
         + _pair_mean(jnp.exp(-g * dyy), b, b)
@@ -207,56 +230,22 @@ def mmd_rbf_median(
     :math:`\gamma = 1 / \mathrm{median}_{i,j}\|x_i - y_j\|^2` over the cross pairs with nonzero
     weight, i.e. :math:`k = e^{-\|u-v\|^2 / (2\sigma^2)}` with :math:`2\sigma^2` the median.
     Scale-free, unlike the fixed ``gammas`` of :func:`mmd_rbf`.
+
+    Args:
+      x: ``[n, d]``; y: ``[m, d]``; a: ``[n]``; b: ``[m]`` (weights; ``None`` = uniform).
+
+    Returns:
+      A scalar.
     """
-    a, b = _weights(a, x.shape[0]), _weights(b, y.shape[0])
-    dxy = _sq_dists(x, y)
+    a, b = normalised_weights(a, x.shape[0]), normalised_weights(b, y.shape[0])
+    dxy = sq_distances(x, y)
     median = _weighted_median(dxy, a[:, None] * b[None, :])
-    gamma = 1.0 / jnp.maximum(median, _EPS)
+    gamma = 1.0 / jnp.maximum(median, EPS)
     return (
-        _pair_mean(jnp.exp(-gamma * _sq_dists(x, x)), a, a)
-        + _pair_mean(jnp.exp(-gamma * _sq_dists(y, y)), b, b)
+        _pair_mean(jnp.exp(-gamma * sq_distances(x, x)), a, a)
+        + _pair_mean(jnp.exp(-gamma * sq_distances(y, y)), b, b)
         - 2 * _pair_mean(jnp.exp(-gamma * dxy), a, b)
     )
-
-
-def energy_distance(
-    x: jnp.ndarray,
-    y: jnp.ndarray,
-    a: jnp.ndarray | None = None,
-    b: jnp.ndarray | None = None,
-    squared: bool = False,
-) -> jnp.ndarray:
-    r"""Energy distance with Euclidean (default) or squared-Euclidean inner distances.
-
-    .. math:: E = 2\,\mathbb{E}\|X - Y\| - \mathbb{E}\|X - X'\| - \mathbb{E}\|Y - Y'\|
-
-    (V-statistic, ≥ 0, 0 for identical samples). With ``squared=True`` every distance is
-    squared and the formula collapses exactly to :math:`2\|\mu_X - \mu_Y\|^2`, a mean-only
-    statistic: that is why the Euclidean form is the one reported.
-    """
-    a, b = _weights(a, x.shape[0]), _weights(b, y.shape[0])
-
-    def mean_dist(u, v, wu, wv):
-        d2 = _sq_dists(u, v)
-        return _pair_mean(d2 if squared else jnp.sqrt(d2 + _EPS), wu, wv)
-
-    return 2 * mean_dist(x, y, a, b) - mean_dist(x, x, a, a) - mean_dist(y, y, b, b)
-
-
-def _sinkhorn_terms(x, y, a, b, epsilon, max_iterations):
-    """Sinkhorn divergence and the transport cost of its cross plan, from one ott-jax solve."""
-    value, out = sd.sinkhorn_divergence(
-        pointcloud.PointCloud,
-        x,
-        y,
-        a=_weights(a, x.shape[0]),
-        b=_weights(b, y.shape[0]),
-        epsilon=epsilon,
-        solve_kwargs={"max_iterations": max_iterations, "threshold": 1e-3},
-    )
-    geom = out.geoms[0]
-    plan = geom.transport_from_potentials(*out.potentials[0])
-    return value, jnp.sum(plan * geom.cost_matrix)
 
 
 def sinkhorn_divergence(
@@ -275,17 +264,18 @@ def sinkhorn_divergence(
             - \tfrac12\mathrm{OT}_\varepsilon(\beta,\beta)
 
     ``epsilon = 0.1`` is the reference's evaluation setting (ott-jax solver).
+
+    Args:
+      x: ``[n, d]`` prediction; y: ``[m, d]`` truth; a: ``[n]``; b: ``[m]`` (weights;
+        ``None`` = uniform, zeros mark padding).
+      epsilon: absolute entropic regularisation.
+      max_iterations: Sinkhorn iterations at most.
     """
-    return _sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[0]
+    return sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[0]
 
 
 def entropic_w2(
-    x: jnp.ndarray,
-    y: jnp.ndarray,
-    a: jnp.ndarray | None = None,
-    b: jnp.ndarray | None = None,
-    epsilon: float = 0.1,
-    max_iterations: int = 1000,
+    x: jnp.ndarray, y: jnp.ndarray, a: Weights = None, b: Weights = None, **solve: float
 ) -> jnp.ndarray:
     r"""Entropic estimate of the 2-Wasserstein distance.
 
@@ -295,22 +285,32 @@ def entropic_w2(
     squared-Euclidean cost :math:`C` at absolute ``epsilon`` (the plan of the cross term of
     :func:`sinkhorn_divergence`, so both come from one solve). With cells in expression or PCA
     units, ``epsilon = 0.1`` is small next to typical costs and the plan is nearly unregularised.
+
+    Args:
+      x, y, a, b: as :func:`sinkhorn_divergence`.
+      **solve: ``epsilon`` (absolute, default 0.1) and ``max_iterations`` (default 1000).
     """
-    cost = _sinkhorn_terms(x, y, a, b, epsilon, max_iterations)[1]
+    cost = sinkhorn_terms(x, y, a, b, **solve)[1]
     return jnp.sqrt(jnp.maximum(cost, 0.0))
 
 
 def drug_signature(
     x: jnp.ndarray, y: jnp.ndarray, a: jnp.ndarray | None = None, b: jnp.ndarray | None = None
 ) -> jnp.ndarray:
-    r"""The cmonge "drug signature" distance: distance of the means, :math:`\|\mu_X-\mu_Y\|_2`."""
-    return jnp.linalg.norm(_weights(a, x.shape[0]) @ x - _weights(b, y.shape[0]) @ y)
+    r"""The cmonge "drug signature" distance: distance of the means, :math:`\|\mu_X-\mu_Y\|_2`.
+
+    Args:
+      x: ``[n, d]``; y: ``[m, d]``; a: ``[n]``; b: ``[m]`` (weights; ``None`` = uniform).
+    """
+    return jnp.linalg.norm(
+        normalised_weights(a, x.shape[0]) @ x - normalised_weights(b, y.shape[0]) @ y
+    )
 
 
 # ----------------------------------------------------------------------------- all at once
 
 
-def population_metrics(
+def population_metrics(  # noqa: PLR0913  three weighted clouds (6 arrays, vmapped) + options
     pred: jnp.ndarray,
     truth: jnp.ndarray,
     control: jnp.ndarray,
@@ -325,8 +325,20 @@ def population_metrics(
 
     Weights ``a``, ``b``, ``c`` (zeros mark padding). Top-DE features are ranked from the truth
     vs the control. Returns a dict of scalars (names: see the module docstring).
+
+    Args:
+      pred: ``[n, d]`` predicted cells; truth: ``[m, d]`` observed treated cells; control:
+        ``[l, d]`` observed controls.
+      a, b, c: ``[n]``, ``[m]``, ``[l]`` weights (``None``: uniform).
+      de_sizes: sizes of the top-DE feature sets (those smaller than ``d``).
+      sinkhorn_epsilon: absolute epsilon of the Sinkhorn metrics.
+      sinkhorn_iterations: their iteration cap.
     """
-    a, b, c = _weights(a, pred.shape[0]), _weights(b, truth.shape[0]), _weights(c, control.shape[0])
+    a, b, c = (
+        normalised_weights(a, pred.shape[0]),
+        normalised_weights(b, truth.shape[0]),
+        normalised_weights(c, control.shape[0]),
+    )
     mu_p, mu_t, mu_c = a @ pred, b @ truth, c @ control
     out: dict[str, jnp.ndarray] = {}
     masks = {"all": None} | {
@@ -340,7 +352,7 @@ def population_metrics(
     out["mmd_rbf"] = mmd_rbf(pred, truth, a, b)
     out["mmd_rbf_median"] = mmd_rbf_median(pred, truth, a, b)
     out["energy_distance"] = energy_distance(pred, truth, a, b)
-    divergence, cost = _sinkhorn_terms(pred, truth, a, b, sinkhorn_epsilon, sinkhorn_iterations)
+    divergence, cost = sinkhorn_terms(pred, truth, a, b, sinkhorn_epsilon, sinkhorn_iterations)
     out[f"sinkhorn_div_eps{sinkhorn_epsilon:g}"] = divergence
     out["w2_entropic"] = jnp.sqrt(jnp.maximum(cost, 0.0))
     out["drug_signature"] = drug_signature(pred, truth, a, b)
@@ -349,7 +361,11 @@ def population_metrics(
 
 
 def metric_higher_is_better(name: str) -> bool:
-    """Direction of a metric by its name: R² values are better high, distances and errors low."""
+    """Direction of a metric by its name: R² values are better high, distances and errors low.
+
+    Args:
+      name: a metric name (a column of :func:`evaluate_populations`).
+    """
     return name.startswith(("r2_", "pearson_r2_"))
 
 
@@ -405,7 +421,7 @@ def _batched_metrics(de_sizes: tuple[int, ...], epsilon: float, iterations: int)
     return jax.jit(jax.vmap(one))
 
 
-def evaluate_populations(
+def evaluate_populations(  # noqa: PLR0913  keyword options of a public entry point
     predictions: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
     controls: Sequence[np.ndarray],
@@ -463,8 +479,34 @@ def evaluate_populations(
 # ----------------------------------------------------------------------------- numpy helpers
 
 
+def l2_uvp(predicted: np.ndarray, true_mapped: np.ndarray) -> float:
+    r"""Unexplained variance percentage of a map (Korotin et al. 2021).
+
+    .. math::
+        \mathrm{L2\text{-}UVP} = 100 \cdot \frac{\mathbb{E}\|\hat T(x) - T^*(x)\|^2}
+            {\operatorname{tr}\operatorname{Cov}(T^*\sharp\mu)}
+
+    Args:
+      predicted: ``[n, d]`` images under the learned map.
+      true_mapped: ``[n, d]`` images of the same cells under the true map ``T*``.
+
+    Returns:
+      The percentage (0 for a perfect map, about 100 for predicting the mean image).
+    """
+    err = np.mean(np.sum((predicted - true_mapped) ** 2, axis=1))
+    var = np.sum(np.var(true_mapped, axis=0))
+    return float(100.0 * err / var)
+
+
 def top_de_features(truth: np.ndarray, control: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` features whose observed mean moves most from control (|Δ mean|)."""
+    """Indices of the ``k`` features whose observed mean moves most from control (|Δ mean|).
+
+    Args:
+      truth: ``[m, d]`` treated cells; control: ``[l, d]`` controls; k: how many.
+
+    Returns:
+      ``[k]`` feature indices, largest change first.
+    """
     delta = np.abs(np.asarray(truth).mean(0) - np.asarray(control).mean(0))
     return np.argsort(-delta, kind="stable")[:k]
 
@@ -477,6 +519,10 @@ def mean_delta_r2(
     .. math::
         R^2 = 1 - \frac{\sum_g (\hat\delta_g - \delta_g)^2}{\sum_g (\delta_g - \bar\delta)^2},
         \quad \delta_g = \bar y_g - \bar x^{ctrl}_g
+
+    Args:
+      pred: ``[n, d]``; truth: ``[m, d]``; control: ``[l, d]`` cells.
+      features: indices of the features to score (``None``: all).
     """
     sel = slice(None) if features is None else features
     true_delta = (truth.mean(0) - control.mean(0))[sel]
@@ -489,7 +535,12 @@ def mean_delta_r2(
 def mean_r2_pearson(
     pred: np.ndarray, truth: np.ndarray, features: np.ndarray | None = None
 ) -> float:
-    """Squared Pearson correlation of mean expression (the cmonge paper's "R²"), numpy."""
+    """Squared Pearson correlation of mean expression (the cmonge paper's "R²"), numpy.
+
+    Args:
+      pred: ``[n, d]``; truth: ``[m, d]`` cells.
+      features: indices of the features to score (``None``: all).
+    """
     sel = slice(None) if features is None else features
     a, b = pred.mean(0)[sel], truth.mean(0)[sel]
     if np.std(a) == 0 or np.std(b) == 0:

@@ -17,7 +17,9 @@ import anndata as ad  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.stats import skew  # noqa: E402
 
+from condmonge.data.pca import principal_axes  # noqa: E402
 from condmonge.evaluate.metrics import METRIC_DIRECTIONS, metric_higher_is_better  # noqa: E402
 from condmonge.files import replace_atomically  # noqa: E402
 
@@ -50,7 +52,11 @@ HEADLINE_METRICS = (
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
-    """The metric columns of a per-condition table (known metrics first, then the rest)."""
+    """The metric columns of a per-condition table (known metrics first, then the rest).
+
+    Args:
+      table: a per-condition table (one column per metric).
+    """
     known = [m for m in METRIC_DIRECTIONS if m in table.columns]
     extra = [
         c
@@ -64,6 +70,9 @@ def summarize(per_condition: pd.DataFrame) -> pd.DataFrame:
     """Mean and sd over conditions: one row per method, ``metric`` and ``metric_sd`` columns.
 
     NaN values (e.g. R² on a condition whose truth does not move) are skipped.
+
+    Args:
+      per_condition: rows = method x condition, with a ``method`` column.
     """
     cols = metric_columns(per_condition)
     grouped = per_condition.groupby("method", sort=False)[cols]
@@ -73,7 +82,13 @@ def summarize(per_condition: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_baseline(summary: pd.DataFrame, model: str, metric: str = "r2_delta_top20") -> str:
-    """The non-model method with the best mean ``metric`` (oracles see test cells: excluded)."""
+    """The non-model method with the best mean ``metric`` (oracles see test cells: excluded).
+
+    Args:
+      summary: :func:`summarize` output (index = methods).
+      model: the model's method name (excluded).
+      metric: the column that decides.
+    """
     keep = [m for m in summary.index if m != model and not str(m).endswith("_oracle")]
     others = summary.loc[keep, metric].dropna()
     if others.empty:
@@ -82,7 +97,12 @@ def best_baseline(summary: pd.DataFrame, model: str, metric: str = "r2_delta_top
 
 
 def to_markdown(summary: pd.DataFrame, metrics: Sequence[str] = HEADLINE_METRICS) -> str:
-    """A Markdown table, ``mean ± sd`` per cell, the best method of each column in bold."""
+    """A Markdown table, ``mean ± sd`` per cell, the best method of each column in bold.
+
+    Args:
+      summary: :func:`summarize` output.
+      metrics: the columns to show (those present).
+    """
     metrics = [m for m in metrics if m in summary.columns]
     header = ["method"] + [f"{m} {'↑' if metric_higher_is_better(m) else '↓'}" for m in metrics]
     best = {}
@@ -110,7 +130,13 @@ def _save(fig, path: str | Path) -> Path:
 def plot_summary(
     per_condition: pd.DataFrame, path: str | Path, metrics: Sequence[str] = HEADLINE_METRICS
 ) -> Path:
-    """Bar chart (mean ± sd over conditions) of the headline metrics for every method."""
+    """Bar chart (mean ± sd over conditions) of the headline metrics for every method.
+
+    Args:
+      per_condition: rows = method x condition.
+      path: the PNG to write (atomically).
+      metrics: the metrics shown (those present).
+    """
     metrics = [m for m in metrics if m in per_condition.columns]
     methods = list(dict.fromkeys(per_condition["method"]))
     ncols = min(5, len(metrics))
@@ -132,7 +158,14 @@ def plot_summary(
 def plot_metric_per_condition(
     per_condition: pd.DataFrame, metric: str, model: str, baseline: str, path: str | Path
 ) -> Path:
-    """Per-condition ``metric`` of the model (y) against a baseline (x), with the diagonal."""
+    """Per-condition ``metric`` of the model (y) against a baseline (x), with the diagonal.
+
+    Args:
+      per_condition: rows = method x condition.
+      metric: the metric plotted.
+      model: the method on the y axis; baseline: the method on the x axis.
+      path: the PNG to write.
+    """
     wide = per_condition.pivot_table(index=per_condition.index, columns="method", values=metric)
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     x, y = wide[baseline], wide[model]
@@ -164,6 +197,12 @@ def plot_mean_deltas(
     """Predicted vs true mean delta (vs control) on each condition's top-``top`` DE features.
 
     ``truth`` is a :class:`~condmonge.evaluate.evaluation.TruthSets`; one panel per method.
+
+    Args:
+      predictions: ``{method: predicted AnnData}``.
+      truth: the observed cells (:class:`~condmonge.evaluate.evaluation.TruthSets`).
+      path: the PNG to write.
+      top: DE features per condition.
     """
     fig, axes = plt.subplots(
         1, len(predictions), figsize=(3.6 * len(predictions), 3.6), squeeze=False
@@ -189,9 +228,13 @@ def plot_mean_deltas(
 
 
 def plot_moments(predictions: Mapping[str, ad.AnnData], truth, path: str | Path) -> Path:
-    """Per-feature variance and skewness, predicted vs true, pooled over conditions."""
-    from scipy.stats import skew
+    """Per-feature variance and skewness, predicted vs true, pooled over conditions.
 
+    Args:
+      predictions: ``{method: predicted AnnData}``.
+      truth: the observed cells (:class:`~condmonge.evaluate.evaluation.TruthSets`).
+      path: the PNG to write.
+    """
     fig, axes = plt.subplots(
         2, len(predictions), figsize=(3.4 * len(predictions), 6.4), squeeze=False
     )
@@ -227,7 +270,15 @@ def plot_pca(
     max_points: int = 300,
     seed: int = 0,
 ) -> Path:
-    """PCA (fitted on control + true cells) of control, true and predicted cells per condition."""
+    """PCA (fitted on control + true cells) of control, true and predicted cells per condition.
+
+    Args:
+      predictions: ``{method: predicted AnnData}``.
+      truth: the observed cells (:class:`~condmonge.evaluate.evaluation.TruthSets`).
+      keys: the condition keys, one row of panels each.
+      path: the PNG to write.
+      max_points: cells drawn per population at most (seeded with ``seed``).
+    """
     rng = np.random.default_rng(seed)
 
     def sample(a):
@@ -241,9 +292,8 @@ def plot_pca(
         cond = truth.conditions[key]
         control, treated = sample(truth.control[cond.cell_type]), sample(truth.treated[key])
         both = np.concatenate([control, treated])
-        mean = both.mean(0)
-        _, _, vt = np.linalg.svd(both - mean, full_matrices=False)
-        proj = vt[:2].T
+        axes = principal_axes(both, 2)
+        mean, proj = axes.mean, axes.components
         for j, (method, pred) in enumerate(predictions.items()):
             rows = (pred.obs["condition_id"].astype(str) == key).to_numpy()
             ax = axes[i, j]

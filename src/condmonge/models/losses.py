@@ -16,8 +16,9 @@ Speed: the solves run by default in the *scaling* (kernel) domain, where a Sinkh
 matrix-vector product with :math:`K = e^{-C/\varepsilon}` rather than a log-sum-exp over the
 :math:`n \times n` cost matrix (2-3x faster on CPU, identical values when it is finite). With
 relative epsilons :math:`C/\varepsilon` stays far from float32 underflow in practice; the training
-step checks the result and redoes the step in the log domain when it is not finite
-(:func:`make_conditional_loss` with ``lse_mode=True``).
+step checks every result (:func:`solves_are_sound`) and recomputes an unsound one in the log
+domain (:func:`make_conditional_loss` with ``lse_mode=True``), inside the jitted graph: see
+:func:`condmonge.train.trainer.make_value_and_grad`, the one fallback.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = [
 
 
 def cost_fn_from_name(name: str) -> costs.CostFn:
-    r"""``"sqeuclidean"`` → :math:`\\|x - y\\|_2^2`, ``"euclidean"`` → :math:`\\|x - y\\|_2`."""
+    r"""``"sqeuclidean"`` → :math:`\|x - y\|_2^2`, ``"euclidean"`` → :math:`\|x - y\|_2`."""
     return {"sqeuclidean": costs.SqEuclidean, "euclidean": costs.Euclidean}[name]()
 
 

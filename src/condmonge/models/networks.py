@@ -16,8 +16,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from condmonge.conditions.encoding import EncodedConditions
+from condmonge.config import Config
 
-__all__ = ["ConditionEmbedding", "ConditionalResidualMap", "PerturbationSetEncoder"]
+__all__ = [
+    "ConditionEmbedding",
+    "ConditionalResidualMap",
+    "PerturbationSetEncoder",
+    "network_from_config",
+]
 
 
 class PerturbationSetEncoder(nn.Module):
@@ -111,3 +117,23 @@ class ConditionalResidualMap(nn.Module):
             a = self.param("dose_gate", nn.initializers.constant(0.5413), ())
             delta = delta * jnp.tanh(nn.softplus(a) * total_dose)
         return x + delta
+
+
+def network_from_config(config: Config, n_features: int) -> ConditionalResidualMap:
+    """The map of a run: ``config.model`` sizes, dose gate and precision, on ``n_features``.
+
+    Args:
+      config: the run's configuration (``model``, ``data.dose_key``, ``train.precision``).
+      n_features: ``d``, the width of the cells the map acts on (genes or PCA coordinates).
+    """
+    m = config.model
+    return ConditionalResidualMap(
+        n_features=n_features,
+        hidden_dim=m.hidden_dim,
+        n_layers=m.n_layers,
+        condition_dim=m.condition_dim,
+        perturbation_hidden_dim=m.perturbation_hidden_dim,
+        pooling=m.pooling,
+        dose_gate=m.dose_gate if m.dose_gate is not None else config.data.dose_key is not None,
+        dtype=jnp.bfloat16 if config.train.precision == "bfloat16" else jnp.float32,
+    )

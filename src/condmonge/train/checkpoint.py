@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,36 +101,31 @@ def write_checkpoint(path: str | Path, meta: dict[str, Any], arrays: dict[str, n
     file over ``path``. A kill at any moment leaves ``path`` either old or new and complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(CHECKPOINT_VERSION),
         "condmonge_version": __version__,
         "meta": json.dumps(meta),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         # np.ascontiguousarray would turn 0-d arrays into 1-d ones; copy keeps the shape.
-        save_file({k: np.array(v, order="C") for k, v in arrays.items()}, tmp, metadata=header)
+        save_file({k: np.array(v, order="C") for k, v in arrays.items()}, str(tmp), metadata=header)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         _verify(tmp, header, len(arrays))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         if path.is_file():
             _keep_previous(path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    replace_atomically(path, write)
+    _fsync_dir(path.parent)
     return path
 
 
-def _verify(tmp: str, header: dict[str, str], n_arrays: int) -> None:
+def _verify(tmp: Path, header: dict[str, str], n_arrays: int) -> None:
     """Read the written file back before it may replace a good checkpoint."""
     try:
-        with safe_open(tmp, framework="numpy") as handle:
+        with safe_open(str(tmp), framework="numpy") as handle:
             ok = handle.metadata() == header and len(list(handle.keys())) == n_arrays
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"writing the checkpoint failed: {exc}") from None
@@ -141,19 +135,15 @@ def _verify(tmp: str, header: dict[str, str], n_arrays: int) -> None:
 
 def _keep_previous(path: Path) -> None:
     """Make ``path``'s current file the previous checkpoint, without a moment without ``path``."""
-    previous = previous_checkpoint(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{previous.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)
-    try:
+
+    def link(tmp: Path) -> None:
+        tmp.unlink()
         try:
             os.link(path, tmp)  # a second name for the same bytes: instant and atomic
         except OSError:  # file systems without hard links
             shutil.copyfile(path, tmp)
-        os.replace(tmp, previous)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    replace_atomically(previous_checkpoint(path), link)
 
 
 def _fsync_dir(directory: Path) -> None:

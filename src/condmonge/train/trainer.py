@@ -7,6 +7,11 @@ and checkpoints.
 
 With ``mesh`` (see :mod:`condmonge.train.sharding`) the batch's condition axis is split over the
 devices of the mesh; the step is otherwise identical.
+
+The scaling-domain Sinkhorn (faster on CPU) has one fallback, in the graph: an unsound step is
+recomputed in the log domain by ``lax.cond`` (:func:`make_value_and_grad`), and a streak counter
+in :class:`TrainState` switches to the log domain for good after :data:`LOG_DOMAIN_AFTER`
+redone steps in a row. No Python state, and no host round trip between logging steps.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import flax.linen as nn
@@ -41,6 +47,7 @@ from condmonge.train.sharding import shard_conditions
 
 __all__ = [
     "TrainState",
+    "LoopParts",
     "TrainLoopState",
     "make_eval_fn",
     "make_optimizer",
@@ -52,13 +59,24 @@ __all__ = [
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything that changes during training (a pytree; saved whole for resuming)."""
+    """Everything that changes during training (a pytree; saved whole for resuming).
+
+    Attributes:
+      step: ``[]`` int32, steps taken.
+      params, constants: the network's trained and fixed variables.
+      opt_state: the optimiser's state.
+      rng: the PRNG key of the next step.
+      log_domain_streak: ``[]`` int32, scaling-domain steps redone in the log domain in a row
+        (see :func:`make_value_and_grad`); from :data:`LOG_DOMAIN_AFTER` on, every step runs in
+        the log domain directly.
+    """
 
     step: jnp.ndarray
     params: Any
     constants: Any
     opt_state: Any
     rng: jnp.ndarray
+    log_domain_streak: jnp.ndarray = struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
 
 
 @struct.dataclass
@@ -103,7 +121,9 @@ def use_scaling_domain(loss_cfg: LossConfig) -> bool:
     return jax.default_backend() == "cpu"
 
 
-#: Consecutive log-domain fallbacks after which the training step stops trying the scaling domain.
+#: Scaling-domain steps redone in the log domain in a row after which the training step stops
+#: trying the scaling domain (the data keep underflowing: paying for a scaling step first is
+#: pure waste).
 LOG_DOMAIN_AFTER = 5
 
 
@@ -112,24 +132,34 @@ def make_value_and_grad(
 ) -> Callable[..., tuple[tuple[jnp.ndarray, dict], Any, jnp.ndarray]]:
     """``(loss, aux), grads, fell_back`` of the conditional loss w.r.t. the parameters.
 
-    When :func:`use_scaling_domain`, the solves run in the scaling domain; if the loss or a
-    gradient is not finite or a solve ended far from its marginals
-    (:func:`~condmonge.models.losses.solves_are_sound`), the same batch is recomputed in the log
-    domain (``lax.cond``: only then is that branch executed) and ``fell_back`` is true.
+    The one fallback of the scaling-domain Sinkhorn, inside the jitted graph. When
+    :func:`use_scaling_domain`, the solves run in the scaling domain; if the loss or a gradient
+    is not finite or a solve ended far from its marginals
+    (:func:`~condmonge.models.losses.solves_are_sound`), the same batch is recomputed in the
+    log domain (``lax.cond``: only then is that branch executed) and ``fell_back`` is true.
+    With ``log_only`` (a traced bool) the scaling attempt is skipped and the log domain runs
+    directly (``fell_back`` is then true too). No host round trip, no Python state.
+
+    The returned function takes ``(params, constants, source [k, n, d], target [k, n, d],
+    condition, log_only=False)``.
     """
     safe = jax.value_and_grad(make_conditional_loss(apply_fn, loss_cfg, True), has_aux=True)
     if not use_scaling_domain(loss_cfg):
 
-        def plain(*args):
+        def plain(*args, log_only=False):
             out, grads = safe(*args)
             return out, grads, jnp.zeros((), bool)
 
         return plain
     fast = jax.value_and_grad(make_conditional_loss(apply_fn, loss_cfg, False), has_aux=True)
 
-    def value_and_grad(*args):
-        out, grads = fast(*args)
-        ok = _all_finite((out[0], grads)) & solves_are_sound(out[1], loss_cfg)
+    def value_and_grad(*args, log_only=False):
+        def skipped():
+            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fast, *args))
+
+        log_only = jnp.asarray(log_only, bool)
+        out, grads = jax.lax.cond(log_only, skipped, lambda: fast(*args))
+        ok = ~log_only & _all_finite((out[0], grads)) & solves_are_sound(out[1], loss_cfg)
         out, grads = jax.lax.cond(ok, lambda: (out, grads), lambda: safe(*args))
         return out, grads, ~ok
 
@@ -144,83 +174,56 @@ def make_train_step(
     on_trace: Callable[[], None] | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, CellPools, EncodedConditions], tuple[TrainState, dict]]:
-    """The training step: one jitted function. ``on_trace`` is called each time it is traced.
+    """The training step: one jitted function, traced once per run.
 
-    ``mesh``: shard the ``k`` sampled conditions over its devices (data parallel); the caller
-    places ``state``, pools and conditions replicated on the mesh
-    (:func:`condmonge.train.sharding.replicate`).
+    Args:
+      model, optimizer: the network and the optax optimiser.
+      loss_cfg, train_cfg: the loss and the batch shape (``conditions_per_step`` ``k``,
+        ``cells_per_condition`` ``n``).
+      on_trace: called at trace time (counts compilations).
+      mesh: shard the ``k`` sampled conditions over its devices (data parallel); the caller
+        places ``state``, pools and conditions replicated on the mesh
+        (:func:`condmonge.train.sharding.replicate`).
 
-    With the scaling domain (:func:`use_scaling_domain`) the jitted step also reports whether
-    its solves are sound (:func:`~condmonge.models.losses.solves_are_sound`, finite gradients);
-    when not, the same step (same state, same random batch) is redone by a log-domain jitted
-    step, compiled only the first time it is needed, and ``log_domain_fallback`` is true. After
-    ``LOG_DOMAIN_AFTER`` fallbacks in a row every later step runs in the log domain directly.
+    Returns:
+      ``step(state, pools, conditions) -> (state, metrics)``. An unsound scaling-domain step is
+      redone in the log domain in the graph (:func:`make_value_and_grad`); after
+      :data:`LOG_DOMAIN_AFTER` in a row (``state.log_domain_streak``) every step runs there.
+      ``metrics`` flag both (device bools the host reads only when it logs).
     """
+    value_and_grad = make_value_and_grad(model.apply, loss_cfg)
 
-    def build(lse_mode: bool, trace: Callable[[], None] | None):
-        loss_fn = make_conditional_loss(model.apply, loss_cfg, lse_mode)
+    @jax.jit
+    def step(state: TrainState, pools: CellPools, conditions: EncodedConditions):
+        if on_trace is not None:
+            on_trace()  # Python side effect: runs at trace time only.
+        rng, rng_batch = jax.random.split(state.rng)
+        k, n = train_cfg.conditions_per_step, train_cfg.cells_per_condition
+        batch = sample_batch(rng_batch, pools, conditions, k, n)
+        source, target, condition = shard_conditions(
+            (batch.source, batch.target, batch.condition), mesh
+        )
+        log_only = state.log_domain_streak >= LOG_DOMAIN_AFTER
+        (loss, aux), grads, fell_back = value_and_grad(
+            state.params, state.constants, source, target, condition, log_only=log_only
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # Reset by a sound scaling step, frozen once the log domain is used for good.
+        streak = jnp.where(fell_back, state.log_domain_streak + 1, 0)
+        metrics = {key: aux[key] for key in ("fit", "monge_gap", "per_condition")}
+        metrics.update(loss=loss, condition_index=batch.condition_index)
+        metrics.update(log_domain_fallback=fell_back, log_domain_only=log_only)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            rng=rng,
+            log_domain_streak=jnp.where(log_only, state.log_domain_streak, streak),
+        )
+        return new_state, metrics
 
-        @jax.jit
-        def step(state: TrainState, pools: CellPools, conditions: EncodedConditions):
-            if trace is not None:
-                trace()  # Python side effect: runs at trace time only.
-            rng, rng_batch = jax.random.split(state.rng)
-            batch = sample_batch(
-                rng_batch,
-                pools,
-                conditions,
-                train_cfg.conditions_per_step,
-                train_cfg.cells_per_condition,
-            )
-            source, target, condition = shard_conditions(
-                (batch.source, batch.target, batch.condition), mesh
-            )
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params, state.constants, source, target, condition
-            )
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            metrics = {
-                "loss": loss,
-                "fit": aux["fit"],
-                "monge_gap": aux["monge_gap"],
-                "per_condition": aux["per_condition"],
-                "condition_index": batch.condition_index,
-                "sound": _all_finite((loss, grads)) & solves_are_sound(aux, loss_cfg),
-            }
-            new_state = state.replace(
-                step=state.step + 1, params=params, opt_state=opt_state, rng=rng
-            )
-            return new_state, metrics
-
-        return step
-
-    log_step = build(True, None if use_scaling_domain(loss_cfg) else on_trace)
-    if not use_scaling_domain(loss_cfg):
-
-        def plain(state, pools, conditions):
-            new_state, metrics = log_step(state, pools, conditions)
-            return new_state, {**metrics, "log_domain_fallback": False}
-
-        return plain
-    fast_step = build(False, on_trace)
-
-    consecutive = [0]  # fallbacks in a row; the host loop's only state
-
-    def checked(state, pools, conditions):
-        if consecutive[0] >= LOG_DOMAIN_AFTER:
-            # The data keep underflowing: paying for a scaling step first is pure waste.
-            new_state, metrics = log_step(state, pools, conditions)
-            return new_state, {**metrics, "log_domain_fallback": True, "log_domain_only": True}
-        new_state, metrics = fast_step(state, pools, conditions)
-        if bool(metrics["sound"]):  # waits for the step: cheap on CPU, where this path runs
-            consecutive[0] = 0
-            return new_state, {**metrics, "log_domain_fallback": False}
-        consecutive[0] += 1
-        new_state, metrics = log_step(state, pools, conditions)
-        return new_state, {**metrics, "log_domain_fallback": True}
-
-    return checked
+    return step
 
 
 def make_eval_fn(
@@ -231,44 +234,38 @@ def make_eval_fn(
     Conditions are visited in chunks of ``conditions_per_step`` (the last chunk padded and
     masked), ``validation_batches`` times, so the value is comparable from one call to the next
     and no condition is left out of early stopping. In the scaling domain an unsound result is
-    recomputed in the log domain (compiled on first need), as in :func:`make_train_step`.
+    recomputed in the log domain inside the graph, as in :func:`make_value_and_grad`.
     """
     k = train_cfg.conditions_per_step
+    safe_loss = make_conditional_loss(model.apply, loss_cfg, True)
+    fast_loss = make_conditional_loss(model.apply, loss_cfg, False)
 
-    def build(lse_mode: bool):
-        loss_fn = make_conditional_loss(model.apply, loss_cfg, lse_mode)
+    def total(loss_fn, params, constants, pools, conditions, rng):
+        n_pool = pools.target_start.shape[0]
+        n_chunks = -(-n_pool // k)
+        index = jnp.minimum(jnp.arange(n_chunks * k), n_pool - 1).reshape(n_chunks, k)
+        weight = (jnp.arange(n_chunks * k) < n_pool).reshape(n_chunks, k)
 
-        @jax.jit
-        def evaluate(params, constants, pools, conditions, rng):
-            n_pool = pools.target_start.shape[0]
-            n_chunks = -(-n_pool // k)
-            index = jnp.minimum(jnp.arange(n_chunks * k), n_pool - 1).reshape(n_chunks, k)
-            weight = (jnp.arange(n_chunks * k) < n_pool).reshape(n_chunks, k)
+        def one(args):
+            key, idx, w = args
+            batch = sample_cells(key, pools, conditions, idx, train_cfg.cells_per_condition)
+            aux = loss_fn(params, constants, batch.source, batch.target, batch.condition)[1]
+            return jnp.sum(aux["per_condition"] * w), solves_are_sound(aux, loss_cfg)
 
-            def one(args):
-                key, idx, w = args
-                batch = sample_cells(key, pools, conditions, idx, train_cfg.cells_per_condition)
-                aux = loss_fn(params, constants, batch.source, batch.target, batch.condition)[1]
-                return jnp.sum(aux["per_condition"] * w), solves_are_sound(aux, loss_cfg)
+        repeats = train_cfg.validation_batches
+        keys = jax.random.split(rng, repeats * n_chunks)
+        chunks = (keys, jnp.tile(index, (repeats, 1)), jnp.tile(weight, (repeats, 1)))
+        value, sound = jax.lax.map(one, chunks)
+        return jnp.sum(value) / (n_pool * repeats), jnp.all(sound)
 
-            repeats = train_cfg.validation_batches
-            keys = jax.random.split(rng, repeats * n_chunks)
-            chunks = (keys, jnp.tile(index, (repeats, 1)), jnp.tile(weight, (repeats, 1)))
-            total, sound = jax.lax.map(one, chunks)
-            return jnp.sum(total) / (n_pool * repeats), jnp.all(sound)
+    @jax.jit
+    def evaluate(*args):
+        if not use_scaling_domain(loss_cfg):
+            return total(safe_loss, *args)[0]
+        value, sound = total(fast_loss, *args)
+        return jax.lax.cond(sound, lambda: value, lambda: total(safe_loss, *args)[0])
 
-        return evaluate
-
-    log_eval = build(True)
-    if not use_scaling_domain(loss_cfg):
-        return lambda *args: log_eval(*args)[0]
-    fast_eval = build(False)
-
-    def checked(*args):
-        value, sound = fast_eval(*args)
-        return value if bool(sound) else log_eval(*args)[0]
-
-    return checked
+    return evaluate
 
 
 def _progress(enabled: bool) -> Progress:
@@ -287,107 +284,153 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+@dataclass(frozen=True)
+class LoopParts:
+    """What the training loop runs: the compiled functions and the data on the device.
+
+    Attributes:
+      step_fn: ``step(state, pools, conditions) -> (state, metrics)`` (:func:`make_train_step`).
+      eval_fn: ``evaluate(params, constants, pools, conditions, rng) -> loss``
+        (:func:`make_eval_fn`).
+      train_pools, val_pools: the training and validation cells.
+      conditions: the ``K`` encoded training conditions.
+      condition_names: ``[K]`` readable names, for messages.
+      checkpoint_fn: ``save(state, loop)``, or ``None`` to write no checkpoints.
+    """
+
+    step_fn: Callable
+    eval_fn: Callable
+    train_pools: CellPools
+    val_pools: CellPools
+    conditions: EncodedConditions
+    condition_names: Sequence[str]
+    checkpoint_fn: Callable[[TrainState, TrainLoopState], None] | None = None
+
+    def checkpoint(self, state: TrainState, loop: TrainLoopState) -> None:
+        """Save, when there is somewhere to save to."""
+        if self.checkpoint_fn is not None:
+            self.checkpoint_fn(state, loop)
+
+
 def train_loop(
     state: TrainState,
     loop: TrainLoopState,
-    step_fn: Callable,
-    eval_fn: Callable,
-    train_pools: CellPools,
-    val_pools: CellPools,
-    conditions: EncodedConditions,
+    parts: LoopParts,
     cfg: TrainConfig,
-    condition_names: Sequence[str],
-    checkpoint_fn: Callable[[TrainState, TrainLoopState], None] | None = None,
     log_every: int = 10,
 ) -> tuple[TrainState, TrainLoopState]:
-    """Run ``step_fn`` until ``cfg.steps``, validating, stopping early and checkpointing.
+    """Run ``parts.step_fn`` until ``cfg.steps``, validating, stopping early and checkpointing.
 
-    Returns the final state and the loop state whose ``best_params`` are the parameters with
-    the lowest validation loss.
+    The host reads the device only every ``log_every`` steps and at validations, so steps are
+    dispatched ahead of the device in between.
+
+    Returns:
+      The final state and the loop state whose ``best_params`` are the parameters with the
+      lowest validation loss.
     """
-    val_rng = jax.random.PRNGKey(cfg.seed + 1)
-    start_step = int(state.step)
-    last_logged = (time.perf_counter(), start_step)
-    rate = "-"
-    fell_back_warned = False
-    with _progress(cfg.progress) as bar:
-        task = bar.add_task(
-            "train", total=cfg.steps, completed=start_step, loss="-", val="-", rate="-"
-        )
+    log = _Log(cfg, int(state.step))
+    with log.bar:
         try:
-            for step in range(start_step + 1, cfg.steps + 1):
+            for step in range(int(state.step) + 1, cfg.steps + 1):
                 previous = state
-                state, metrics = step_fn(state, train_pools, conditions)
-                done_validating = step % cfg.validate_every == 0 or step == cfg.steps
-                if metrics.get("log_domain_only") and not fell_back_warned:
-                    # A single redone step is routine and silent; a switch for good is not.
-                    fell_back_warned = True
-                    warnings.warn(
-                        f"step {step}: scaling-domain Sinkhorn solves underflowed on "
-                        f"{LOG_DOMAIN_AFTER} steps in a row; the remaining steps run in the log "
-                        "domain (slower); set loss.sinkhorn_scaling=false to skip the attempt",
-                        stacklevel=2,
-                    )
-                if step % log_every == 0 or done_validating:
-                    loss = float(metrics["loss"])
-                    if not np.isfinite(loss):
-                        per = np.asarray(metrics["per_condition"])
-                        idx = np.asarray(metrics["condition_index"])
-                        bad = [
-                            condition_names[i]
-                            for i, v in zip(idx, per, strict=True)
-                            if not np.isfinite(v)
-                        ]
-                        if checkpoint_fn is not None:
-                            checkpoint_fn(previous, loop)
-                        raise TrainingError(
-                            f"non-finite loss at step {step} (condition(s): "
-                            f"{', '.join(bad[:3]) or 'unknown'}); lower train.learning_rate or "
-                            "check the data of these conditions; the last good checkpoint was kept"
-                        )
-                    now = time.perf_counter()
-                    rate = f"{(step - last_logged[1]) / max(now - last_logged[0], 1e-9):.1f}"
-                    last_logged = (now, step)
-                    record = {
-                        "step": step,
-                        "loss": loss,
-                        "fit": float(metrics["fit"]),
-                        "monge_gap": float(metrics["monge_gap"]),
-                        "steps_per_s": float(rate),
-                    }
-                    bar.update(task, completed=step, loss=f"{loss:.4g}", rate=rate)
-                    if done_validating:
-                        val = float(
-                            eval_fn(state.params, state.constants, val_pools, conditions, val_rng)
-                        )
-                        record["val_loss"] = val
-                        bar.update(task, val=f"{val:.4g}")
-                        if val < loop.best_val_loss:
-                            loop = loop.replace(
-                                best_params=state.params,
-                                best_val_loss=val,
-                                best_step=step,
-                                evals_since_best=0,
-                            )
-                        else:
-                            loop = loop.replace(evals_since_best=loop.evals_since_best + 1)
-                    loop.history.append(record)
-                    if done_validating and cfg.patience and loop.evals_since_best >= cfg.patience:
-                        bar.update(task, completed=step)
-                        if checkpoint_fn is not None:
-                            checkpoint_fn(state, loop)
+                state, metrics = parts.step_fn(state, parts.train_pools, parts.conditions)
+                validating = step % cfg.validate_every == 0 or step == cfg.steps
+                if step % log_every == 0 or validating:
+                    loop, stop = _log_step(step, (previous, state), loop, metrics, parts, log)
+                    if stop:
                         break
-                if checkpoint_fn is not None and step % cfg.checkpoint_every == 0:
-                    checkpoint_fn(state, loop)
+                if step % cfg.checkpoint_every == 0:
+                    parts.checkpoint(state, loop)
             else:
-                if checkpoint_fn is not None and int(state.step) % cfg.checkpoint_every != 0:
-                    checkpoint_fn(state, loop)
+                if int(state.step) % cfg.checkpoint_every != 0:
+                    parts.checkpoint(state, loop)
         except KeyboardInterrupt:
             # Ctrl-C: `state` is the last completed step (an interrupted step never assigns).
-            if checkpoint_fn is not None:
-                checkpoint_fn(state, loop)
+            parts.checkpoint(state, loop)
             raise TrainingInterrupted(
                 f"interrupted at step {int(state.step)}"
-                + ("; checkpoint saved, continue with --resume" if checkpoint_fn else "")
+                + ("; checkpoint saved, continue with --resume" if parts.checkpoint_fn else "")
             ) from None
     return state, loop
+
+
+class _Log:
+    """The progress bar, the steps/s clock and the once-only log-domain warning."""
+
+    def __init__(self, cfg: TrainConfig, start_step: int):
+        self.cfg = cfg
+        self.val_rng = jax.random.PRNGKey(cfg.seed + 1)
+        self.last = (time.perf_counter(), start_step)
+        self.warned = False
+        self.bar = _progress(cfg.progress)
+        self.task = self.bar.add_task(
+            "train", total=cfg.steps, completed=start_step, loss="-", val="-", rate="-"
+        )
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the last call."""
+        now = time.perf_counter()
+        rate = (step - self.last[1]) / max(now - self.last[0], 1e-9)
+        self.last = (now, step)
+        return float(f"{rate:.1f}")
+
+    def warn_log_domain(self, step: int, metrics: dict) -> None:
+        """Say once that the scaling domain was given up (a single redone step is silent)."""
+        if not self.warned and bool(metrics["log_domain_only"]):
+            self.warned = True
+            warnings.warn(
+                f"by step {step}: scaling-domain Sinkhorn solves underflowed on "
+                f"{LOG_DOMAIN_AFTER} steps in a row; the remaining steps run in the log domain "
+                "(slower); set loss.sinkhorn_scaling=false to skip the attempt",
+                stacklevel=7,  # the caller of ConditionalMonge.fit
+            )
+
+
+def _log_step(step, states, loop, metrics, parts: LoopParts, log: _Log):
+    """Record a logged step (and validate); return the loop state and whether to stop."""
+    previous, state = states
+    cfg = log.cfg
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        parts.checkpoint(previous, loop)
+        raise TrainingError(
+            f"non-finite loss at step {step} (condition(s): "
+            f"{', '.join(_bad_conditions(metrics, parts)[:3]) or 'unknown'}); lower "
+            "train.learning_rate or check the data of these conditions; the last good "
+            "checkpoint was kept"
+        )
+    log.warn_log_domain(step, metrics)
+    record = {
+        "step": step,
+        "loss": loss,
+        "fit": float(metrics["fit"]),
+        "monge_gap": float(metrics["monge_gap"]),
+        "steps_per_s": log.rate(step),
+    }
+    log.bar.update(log.task, completed=step, loss=f"{loss:.4g}", rate=record["steps_per_s"])
+    validating = step % cfg.validate_every == 0 or step == cfg.steps
+    if validating:
+        val = float(
+            parts.eval_fn(
+                state.params, state.constants, parts.val_pools, parts.conditions, log.val_rng
+            )
+        )
+        record["val_loss"] = val
+        log.bar.update(log.task, val=f"{val:.4g}")
+        if val < loop.best_val_loss:
+            loop = loop.replace(
+                best_params=state.params, best_val_loss=val, best_step=step, evals_since_best=0
+            )
+        else:
+            loop = loop.replace(evals_since_best=loop.evals_since_best + 1)
+    loop.history.append(record)
+    stop = validating and bool(cfg.patience) and loop.evals_since_best >= cfg.patience
+    if stop:
+        parts.checkpoint(state, loop)
+    return loop, stop
+
+
+def _bad_conditions(metrics: dict, parts: LoopParts) -> list[str]:
+    per = np.asarray(metrics["per_condition"])
+    idx = np.asarray(metrics["condition_index"])
+    return [parts.condition_names[i] for i, v in zip(idx, per, strict=True) if not np.isfinite(v)]

@@ -1,0 +1,261 @@
+"""Training wiring: from an AnnData and a config to a trained map.
+
+The steps, in order: validate the data against the spec, label every cell, hold conditions
+out, read the features (with a PCA fitted on training cells only), build the encoder and the
+device-ready pools, initialise or resume the state, and run the training loop with
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import anndata as ad
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from condmonge.conditions.encoding import Embeddings, EncodedConditions, build_encoder
+from condmonge.config import Config
+from condmonge.data.anndata_io import feature_matrix, feature_names, validate_adata
+from condmonge.data.backed import fit_backed_projection, obs_only
+from condmonge.data.pca import Projection, fit_pca
+from condmonge.data.prepare import (
+    CellPools,
+    LabelledCells,
+    build_pools,
+    label_cells,
+    select_conditions,
+)
+from condmonge.errors import DataError, DataWarning
+from condmonge.train import checkpoint as ckpt
+from condmonge.train.persistence import TrainedMap, restore_training, save_trained
+from condmonge.train.sharding import condition_mesh, replicate
+from condmonge.train.trainer import (
+    LoopParts,
+    TrainLoopState,
+    TrainState,
+    make_eval_fn,
+    make_optimizer,
+    make_train_step,
+    train_loop,
+)
+
+__all__ = ["fit_map", "init_state"]
+
+
+class _Prepared(NamedTuple):
+    """The data of a run, ready for the device."""
+
+    cells: LabelledCells
+    train_ids: list[int]
+    feature_names: list[str]
+    projection: Projection | None
+    features: np.ndarray  # [N, p] every cell, in the space the map acts in
+    train_pools: CellPools
+    val_pools: CellPools
+
+
+def fit_map(
+    adata: ad.AnnData,
+    config: Config,
+    *,
+    embeddings: Embeddings | None = None,
+    holdout: Sequence[str] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainedMap:
+    """Train the conditional map of ``config`` on ``adata``.
+
+    Args:
+      adata: cells x genes (dense, sparse or backed X, or ``obsm[spec.use_rep]``), annotated as
+        ``config.data.spec`` says.
+      config: every hyperparameter; ``config.data`` holds the spec.
+      embeddings: condition and cell-type tables (see
+        :func:`~condmonge.conditions.encoding.build_encoder`).
+      holdout: condition labels (``"A+B"``) or keys kept out of training.
+      checkpoint_dir: where to write checkpoints during training (``None``: nowhere).
+      resume: continue from the checkpoint in ``checkpoint_dir`` if it exists.
+
+    Returns:
+      The trained map; its ``params`` are those with the best validation loss.
+    """
+    data = _prepare(adata, config, holdout)
+    conditions = [data.cells.conditions[i] for i in data.train_ids]
+    types = [str(t) for t in data.cells.cell_type_of_cell]
+    encoder = build_encoder(conditions, types, config.data.spec, embeddings)
+    encoded = jax.tree.map(jnp.asarray, encoder.encode(conditions))
+    trained = TrainedMap(
+        config=config,
+        feature_names=data.feature_names,
+        conditions=conditions,
+        holdout=list(holdout),
+        encoder=encoder,
+        projection=data.projection,
+        params=None,
+        constants=None,
+    )
+    module = trained.module()
+    optimizer = make_optimizer(config.train)
+    state = init_state(module, optimizer, encoded, data.features, config.train.seed)
+    loop = TrainLoopState(best_params=state.params)
+    checkpoint_fn = None
+    if checkpoint_dir is not None:
+        path = Path(checkpoint_dir) / ckpt.CHECKPOINT_NAME
+        if resume and path.exists():
+            state, loop = restore_training(path, trained, state)
+        checkpoint_fn = _checkpointer(Path(checkpoint_dir), trained)
+    state, loop = _run(trained, optimizer, state, loop, data, encoded, checkpoint_fn)
+    return replace(
+        trained, params=loop.best_params, constants=state.constants, state=state, loop=loop
+    )
+
+
+def _prepare(adata: ad.AnnData, config: Config, holdout: Sequence[str]) -> _Prepared:
+    """Validate, label, hold out, read features (PCA on training cells) and build pools."""
+    d = config.data
+    backed = adata.isbacked
+    if backed and (d.n_pca is None or d.use_rep is not None):
+        raise DataError(
+            "a backed AnnData (read_h5ad(..., backed='r')) is trained through a streaming "
+            "PCA of X: set data.n_pca (e.g. 50) and leave use_rep unset"
+        )
+    validate_adata(obs_only(adata) if backed else adata, d)
+    cells = label_cells(adata, d.spec)
+    held = set(select_conditions(cells.conditions, holdout, d.combination_sep))
+    train_ids = [i for i in range(len(cells.conditions)) if i not in held]
+    if not train_ids:
+        raise DataError("every treated condition is held out; nothing left to train on")
+    _warn_small_conditions(cells, train_ids, config.train.cells_per_condition)
+    # PCA fitted on controls and training conditions only: held-out cells stay unseen.
+    in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)
+    projection = None
+    if backed:  # X stays on disk: two streaming passes (see condmonge.data.backed)
+        projection, features = fit_backed_projection(adata, d.n_pca, in_training)
+    else:
+        features = feature_matrix(adata, d.use_rep)
+        if d.n_pca is not None:
+            projection = fit_pca(features[in_training], d.n_pca)
+            features = projection.encode(features)
+    train_pools, val_pools = build_pools(
+        features, cells, train_ids, d.validation_fraction, config.train.seed
+    )
+    return _Prepared(
+        cells,
+        train_ids,
+        feature_names(adata, d.use_rep),
+        projection,
+        features,
+        jax.tree.map(jnp.asarray, train_pools),
+        jax.tree.map(jnp.asarray, val_pools),
+    )
+
+
+def _warn_small_conditions(cells: LabelledCells, train_ids: list[int], n_cells: int) -> None:
+    counts = np.bincount(
+        cells.condition_of_cell[~cells.is_control], minlength=len(cells.conditions)
+    )[train_ids]
+    small = [
+        cells.conditions[i].key() for i, n in zip(train_ids, counts, strict=True) if n < n_cells
+    ]
+    if small:
+        warnings.warn(
+            f"{len(small)} condition(s) have fewer cells than cells_per_condition={n_cells} "
+            f"(e.g. '{small[0]}'); their cells are sampled with replacement",
+            DataWarning,
+            stacklevel=5,  # the caller of ConditionalMonge.fit
+        )
+
+
+def init_state(
+    module: Any, optimizer: Any, encoded: EncodedConditions, features: np.ndarray, seed: int
+) -> TrainState:
+    """A fresh training state: parameters, fixed feature statistics, optimiser state, key.
+
+    Args:
+      module: the network.
+      optimizer: the optax optimiser.
+      encoded: ``K`` encoded conditions (the first one shapes the parameters).
+      features: ``[N, p]`` the cells the map acts on; their mean and scale normalise its input.
+      seed: ``config.train.seed``.
+    """
+    rng = jax.random.PRNGKey(seed)
+    rng, init_rng = jax.random.split(rng)
+    one = jax.tree.map(lambda a: a[0], encoded)
+    variables = module.init(init_rng, jnp.zeros((2, features.shape[1])), one)
+    scale = features.std(axis=0)
+    constants = {
+        "feature_mean": jnp.asarray(features.mean(axis=0)),
+        "feature_scale": jnp.asarray(np.where(scale > 1e-6, scale, 1.0)),
+    }
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        constants=constants,
+        opt_state=optimizer.init(params),
+        rng=rng,
+    )
+
+
+def _checkpointer(directory: Path, trained: TrainedMap):
+    """``checkpoint_fn(state, loop)`` for the training loop: saves ``trained`` at that point."""
+
+    def checkpoint_fn(state: TrainState, loop: TrainLoopState) -> None:
+        # Never replace the last good checkpoint by a diverged state (NaN/inf): the loop
+        # notices a non-finite loss only at its next logging step.
+        if not (_all_finite((state.params, state.opt_state)) and _all_finite(loop.best_params)):
+            return
+        at = replace(
+            trained, params=loop.best_params, constants=state.constants, state=state, loop=loop
+        )
+        save_trained(directory, at)
+
+    return checkpoint_fn
+
+
+def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_fn):
+    """Compile the step and the validation, place the arrays, and run the training loop."""
+    cfg = trained.config
+
+    def count_trace() -> None:
+        trained.n_traces += 1
+
+    mesh = (
+        condition_mesh(cfg.train.conditions_per_step, required=cfg.train.data_parallel)
+        if cfg.train.data_parallel is not False
+        else None
+    )
+    state, train_pools, val_pools, encoded = replicate(
+        (state, data.train_pools, data.val_pools, encoded), mesh
+    )
+    module = trained.module()
+    step_fn = make_train_step(
+        module, optimizer, cfg.loss, cfg.train, on_trace=count_trace, mesh=mesh
+    )
+    eval_fn = make_eval_fn(module, cfg.loss, cfg.train)
+    # A run that stopped early saved its checkpoint at the stopping step; resuming it (e.g.
+    # after a kill before the process exited) must not train on.
+    cfg_train = cfg.train
+    if cfg.train.patience and loop.evals_since_best >= cfg.train.patience:
+        cfg_train = cfg.train.model_copy(update={"steps": int(state.step)})
+    names = [c.key(cfg.data.combination_sep) for c in trained.conditions]
+    parts = LoopParts(step_fn, eval_fn, train_pools, val_pools, encoded, names, checkpoint_fn)
+    return train_loop(state, loop, parts, cfg_train)
+
+
+def _all_finite(tree: Any) -> bool:
+    """Whether every floating-point leaf of ``tree`` is finite."""
+    leaves = [
+        leaf
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)
+    ]
+    # One reduction per leaf on the device, one transfer to the host.
+    return (
+        bool(jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]))) if leaves else True
+    )
