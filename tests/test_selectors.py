@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from condmonge.conditions.spec import Condition
 from condmonge.data.selectors import match_selectors, parse_selector
+from condmonge.data.spec import Condition
 from condmonge.errors import UnknownConditionError
 
 CONDITIONS = [Condition(("stimulated",), (1.0,), ct) for ct in ("NK", "B cells", "CD4 T")] + [
@@ -40,8 +40,8 @@ def test_several_selectors_are_a_union():
 @pytest.mark.parametrize(
     ("selector", "message"),
     [
-        ("stimulated@nk", "matches no condition of the data; closest: 'stimulated'"),
-        ("stimulatd", "closest: 'stimulated'"),
+        ("stimulated@nk", "do not occur in the data (did you mean 'stimulated@NK'?); closest:"),
+        ("stimulatd", "(did you mean 'stimulated'?)"),
         ("control", "names the control label: control cells are the source of every map"),
         ("control@NK", "names the control label"),
         ("A|foo=1", "'foo=1' is not dose=..., cell_type=... or covariates=..."),

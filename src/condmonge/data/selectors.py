@@ -102,7 +102,7 @@ def match_selectors(
         hit = np.array([all(f.get(k) == v for k, v in wanted.items()) for f in fields], bool)
         if not hit.any():
             raise UnknownConditionError(
-                f"holdout '{selector}' matches no condition of {where}"
+                f"held-out condition(s) '{selector}' do not occur in {where}"
                 f"{_closest(selector, conditions, sep)}"
             )
         chosen |= hit
@@ -110,11 +110,16 @@ def match_selectors(
 
 
 def _closest(selector: str, conditions: Sequence[Any], sep: str) -> str:
-    """``"; closest: 'A@NK', 'A+B@NK'"``: the nearest forms a user could have meant."""
+    """``" (did you mean 'A@NK'?); closest: ..."``: the forms a user could have meant."""
     forms = {c.label(sep) for c in conditions}
     forms |= {f"{c.label(sep)}@{c.cell_type}" for c in conditions if c.cell_type is not None}
     forms |= {c.key(sep) for c in conditions}
-    close = difflib.get_close_matches(selector, sorted(forms), n=3, cutoff=0.3)
+    lower = {f.lower(): f for f in sorted(forms)}  # case slips ('nk' for 'NK') rank first
+    close = [lower[m] for m in difflib.get_close_matches(selector.lower(), lower, n=3, cutoff=0.3)]
     if not close:
         close = sorted(forms, key=len)[:3]
-    return "; closest: " + ", ".join(repr(c) for c in close)
+    return (
+        f" (did you mean '{close[0]}'?); closest: "
+        + ", ".join(repr(c) for c in close)
+        + "; write a label ('A+B'), a label in one cell type ('A@NK') or a key"
+    )
