@@ -49,6 +49,10 @@ def ws(tmp_path_factory):
         plain, "condition", "control", covariate_keys=["time"]
     ).save(root / "run_plain")
     data[:, []].copy().write_h5ad(root / "nogenes.h5ad")
+    nan_types = data.copy()
+    nan_types.obs["cell_type"] = nan_types.obs["cell_type"].astype(object)
+    nan_types.obs.iloc[5, nan_types.obs.columns.get_loc("cell_type")] = np.nan
+    nan_types.write_h5ad(root / "nantypes.h5ad")
     (root / "empty.csv").write_text("")
     (root / "header.csv").write_text("condition,dose,cell_type\n")
     (root / "nodose.csv").write_text("condition,cell_type\nA,k1\n")
@@ -153,6 +157,14 @@ CASES = [
     Case("zero-genes", "train", "an AnnData with zero genes",
          "train {ws}/nogenes.h5ad --out {tmp}/r --condition-key condition --control control",
          "has no genes"),
+    Case("cell-type-nan", "train", "a cell without a cell type (NaN)",
+         "train {ws}/nantypes.h5ad --out {tmp}/r --condition-key condition --control control "
+         "--cell-type-key cell_type", "adata.obs['cell_type'] has 1 missing values"),
+    Case("holdout-control", "train", "`--holdout control`", f"{TRAIN} --holdout control",
+         "names the control label: control cells are the source of every map"),
+    Case("holdout-cell-type-typo", "train", "`--holdout` in a cell type that does not exist",
+         f"{TRAIN} --cell-type-key cell_type --holdout A@k3",
+         "(did you mean 'A@k"),
     Case("holdout-unknown", "train", "`--holdout` names no condition of the data",
          f"{TRAIN} --holdout ZZZ", "'ZZZ'"),
     Case("smiles-one-drug", "train", "descriptors of SMILES with one training drug",
@@ -232,6 +244,26 @@ def test_split_train_predict_on_the_split_column(ws, tmp_path):
     assert set(pred.obs["condition"]) == {"A+B"}
     assert set(pred.obs["source_obs_name"]) <= set(test.index[test.condition == "control"])
     assert pred.obs["condition_id"].nunique() == 4  # A+B at 2 doses in 2 cell types
+
+
+def test_predictions_keep_var_readable_names_numeric_doses_and_query_columns(ws):
+    import anndata as ad
+    import pandas as pd
+
+    data = ad.read_h5ad(ws / "data.h5ad")
+    data.var["symbol"] = [f"S{i}" for i in range(data.n_vars)]
+    model = cm.ConditionalMonge.load(ws / "run")
+    query = pd.DataFrame(
+        {"condition": ["A", "A"], "dose": [1, 10], "cell_type": ["k1", "k1"], "note": ["x", "y"]}
+    )
+    pred = model.predict(data, query)
+    assert list(pred.var["symbol"]) == list(data.var["symbol"])  # gene metadata kept
+    assert pd.api.types.is_float_dtype(pred.obs["dose"])
+    assert sorted(set(pred.obs["dose"])) == [1.0, 10.0]
+    assert list(pred.obs.groupby("dose")["note"].first()) == ["x", "y"]  # query columns kept
+    first = pred.obs.iloc[0]
+    assert pred.obs_names[0] == f"A@1-{first['source_obs_name']}"  # {condition}-{source cell}
+    assert pred.obs_names.is_unique
 
 
 def test_a_bug_is_one_line_naming_the_log(tmp_path):
