@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from safetensors.numpy import save_file
 
 import condmonge as cm
-from condmonge import cli
+from condmonge import cli, cli_work
 from condmonge.conditions.encoders import TableEncoder, read_table
 from condmonge.conditions.smiles import smiles_embedding, smiles_features
 from condmonge.config import DataConfig
@@ -273,7 +273,7 @@ CASES = [
       "embedding table 'nope.csv' does not exist", lambda c: read_table("nope.csv")),
     C("embedding-flag", "embeddings", "`--embedding` without `KEY=`", DataError,
       "--embedding 'drugs.csv' must be KEY=TABLE.csv",
-      lambda c: cli._embeddings(["drugs.csv"])),
+      lambda c: cli_work.embeddings(["drugs.csv"], None)),
     C("smiles-missing", "embeddings", "drug missing from the SMILES table", DataError,
       "1 of 2 drugs have no SMILES",
       lambda c: smiles_embedding({"aspirin": "CC(=O)Oc1ccccc1C(=O)O"}, cache_dir=False,
