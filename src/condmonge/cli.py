@@ -1,23 +1,54 @@
-"""Command-line interface: ``condmonge train | predict | split | evaluate | experiment | demo``.
+"""Command line: ``condmonge train | predict | split | evaluate | experiment | demo | config``.
 
-Every error caused by input exits with code 2 and one line on stderr; no traceback.
+Every error caused by input exits with code 2 and one line on stderr, ``error: <message>``; an
+unexpected exception (a bug) exits with code 1 and one line naming the log file that holds its
+traceback; Ctrl-C exits with code 130 and says what was kept.
+
+Start-up is fast: this module imports only typer and the standard library, so ``--help``,
+``--version`` and usage errors answer in well under a second. The model and its dependencies
+(JAX, anndata, ...) are imported in one place, :func:`start`, when a command actually runs;
+``import condmonge`` itself is lazy too (PEP 562 ``__getattr__`` in ``condmonge/__init__.py``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
 
+from condmonge._version import __version__
+from condmonge.cli_checks import (
+    CELL_SUFFIXES,
+    check_output_file,
+    check_run_dir,
+    install_interrupt_handler,
+    interrupted,
+    parse_items,
+    write_crash_log,
+)
 from condmonge.errors import CondMongeError, DataError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Predict single-cell perturbation responses with conditional Monge-gap OT maps.",
+)
+
+HOLDOUT_HELP = (
+    "Conditions kept out of training (repeatable, or comma-separated): a label ('A', 'A+B', "
+    "any order; every dose and cell type), a label in one cell type ('stimulated@NK'), or a "
+    "full key ('stimulated|dose=1|cell_type=NK')."
+)
+SPLIT_KEY_HELP = (
+    "obs column of a train/test split (as `condmonge split` writes it): {side}. "
+    "Default: 'split' when the data have that column, else every cell."
 )
 
 
@@ -26,49 +57,35 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _split(value: str | None) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn the input errors of ``command`` into ``error: <message>`` and exit code 2."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except CondMongeError as exc:
+            _fail(str(exc))
+
+    return run
 
 
-def _embeddings(items: list[str], control: str | None = None) -> dict[str, Any]:
-    """``KEY=TABLE.csv`` or ``KEY=smiles[,OPTION=VALUE...]:SMILES.csv`` -> embeddings of fit.
+def start() -> ModuleType:
+    """Import the model and its dependencies: the one place the command line does so.
 
-    A SMILES spec becomes a callable that the model calls with the training perturbations,
-    so the feature cleaning (and the PCA, ``pca=K``) is fitted on training drugs only.
+    Called by each command once its arguments are parsed and checked, so that ``--help``,
+    ``--version`` and usage errors never pay for importing JAX.
+
+    Returns:
+      :mod:`condmonge.cli_work`, which does the commands' work.
     """
-    from condmonge.conditions.encoders import read_table
-    from condmonge.conditions.smiles import parse_smiles_spec
+    from condmonge.train.sharding import use_cpu_cores
 
-    tables: dict[str, Any] = {}
-    for item in items:
-        key, sep, path = item.partition("=")
-        if not sep or not key or not path:
-            raise DataError(
-                f"--embedding '{item}' must be KEY=TABLE.csv or KEY=smiles:SMILES.csv "
-                "(e.g. drug=drugs.csv)"
-            )
-        spec = parse_smiles_spec(path)
-        if spec is None:
-            tables[key] = read_table(path, key)
-            continue
-        if not Path(spec.path).is_file():
-            raise DataError(f"--embedding '{item}': SMILES table '{spec.path}' does not exist")
-        tables[key] = partial(_smiles_table, spec, control)
-    return tables
+    use_cpu_cores()  # before any array exists: one JAX CPU device per core, see its docstring
+    from condmonge import cli_work
 
-
-def _covariates(items: list[str]) -> dict[str, Any]:
-    """``--covariate-key KEY[:TRANSFORM[:NEUTRAL]]`` (repeatable) -> data config overrides."""
-    from condmonge.conditions.spec import parse_covariate
-
-    parsed = [parse_covariate(item) for item in items]
-    if not parsed:
-        return {}
-    return {
-        "data.covariate_keys": tuple(k for k, _, _ in parsed),
-        "data.covariate_transforms": {k: t for k, t, _ in parsed if t is not None},
-        "data.covariate_neutral": {k: n for k, _, n in parsed if n is not None},
-    }
+    cli_work.show_warnings_plainly()
+    return cli_work
 
 
 _COVARIATE_HELP = (
@@ -79,37 +96,41 @@ _COVARIATE_HELP = (
 _DATA_HELP = "Cells: .h5ad, .zarr, or a .csv/.tsv/.parquet table (one row per cell)."
 
 
-def _smiles_table(spec: Any, control: str | None, fit_names: list[str]) -> Any:
-    return spec.load(fit_names=fit_names, control=control)
+def _split_key(value: str | None) -> tuple[str, bool]:
+    """``(column, given explicitly)``: the default 'split' is optional, a given one required."""
+    return (value, True) if value is not None else ("split", False)
 
 
-def _train_config(config: Path | None, condition_key: str | None, *keys: str | None) -> Any:
-    """The run's config (the YAML's, or the defaults) and its spec with the options applied.
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"condmonge {__version__}")
+        raise typer.Exit()
 
-    Args:
-      config: the ``--config`` YAML, or ``None``.
-      condition_key: ``--condition-key``.
-      *keys: ``--control``, ``--dose-key``, ``--cell-type-key``, ``--use-rep`` as given.
-    """
-    from condmonge.config import Config, load_config
 
-    control = keys[0]
-    if config is None and condition_key is None:
-        raise DataError("give --condition-key (the obs column naming each cell's condition)")
-    if config is None and control is None:
-        raise DataError("give --control (the label of control cells)")
-    cfg = load_config(config) if config is not None else Config()
-    names = ("control", "dose_key", "cell_type_key", "use_rep")
-    spec = cfg.data.spec.updated(condition_key=condition_key, **dict(zip(names, keys, strict=True)))
-    return cfg, spec
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Predict single-cell perturbation responses with conditional Monge-gap OT maps."""
 
 
 @app.command()
+@_one_line_errors
 def train(
     data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
-    out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoint, config).")],
-    condition_key: Annotated[str | None, typer.Option(help="obs column of conditions.")] = None,
-    control: Annotated[str | None, typer.Option(help="Label of control cells.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Run directory (checkpoint, config, history.csv).")
+    ],
+    condition_key: Annotated[
+        str | None,
+        typer.Option(help="obs column of conditions. (required without --config)"),
+    ] = None,
+    control: Annotated[
+        str | None, typer.Option(help="Label of control cells. (required without --config)")
+    ] = None,
     dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
     cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
     covariate_key: Annotated[list[str] | None, typer.Option(help=_COVARIATE_HELP)] = None,
@@ -129,63 +150,102 @@ def train(
             "training drugs (repeatable)."
         ),
     ] = None,
-    holdout: Annotated[str | None, typer.Option(help="Conditions to hold out: C1,C2+C3.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML with every hyperparameter.")] = None,
-    use_rep: Annotated[str | None, typer.Option(help="obsm key to train on instead of X.")] = None,
+    holdout: Annotated[list[str] | None, typer.Option(help=HOLDOUT_HELP)] = None,
+    split_key: Annotated[
+        str | None, typer.Option(help=SPLIT_KEY_HELP.format(side="train on its 'train' cells"))
+    ] = None,
+    n_pca: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train in this many principal components of the training cells (predictions "
+            "stay in gene space).",
+        ),
+    ] = None,
+    use_rep: Annotated[
+        str | None,
+        typer.Option(
+            "--use-rep",
+            "--latent",
+            help="Latent space: an obsm key to train on instead of X (e.g. X_pca); "
+            "predictions are then in that space.",
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, max=2**32 - 1, help="Random seed (0 to 2^32-1).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML with every hyperparameter (`condmonge config` prints one)."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Start over even if --out already holds a run.")
     ] = False,
 ) -> None:
-    """Train a conditional Monge-gap map and write a checkpoint to --out."""
-    from condmonge.data.tables import read_cells
-    from condmonge.errors import TrainingInterrupted
-    from condmonge.model import ConditionalMonge
+    """Train a conditional Monge-gap map; write checkpoint, history.csv and loss.png to --out.
 
+    Without --config, --condition-key and --control are required. Flags override the config.
+    """
+    check_run_dir(out, resume=resume, overwrite=overwrite)
+    if config is None and condition_key is None:
+        raise DataError("give --condition-key (the obs column naming each cell's condition)")
+    if config is None and control is None:
+        raise DataError("give --control (the label of control cells)")
+    if config is not None and not config.is_file():
+        raise DataError(f"--config '{config}' does not exist")
+    fit_args = {
+        "condition_key": condition_key,
+        "control": control,
+        "dose_key": dose_key,
+        "cell_type_key": cell_type_key,
+        "holdout": parse_items(holdout, "--holdout") or [],
+        "steps": steps,
+        "seed": seed,
+        "resume": resume,
+    }
+    had_checkpoint = (out / "model.safetensors").exists()
     try:
-        if (out / "model.safetensors").exists() and not (resume or overwrite):
-            raise DataError(
-                f"'{out}' already holds a run (model.safetensors); pass --resume to continue it, "
-                "--overwrite to start over, or choose another --out"
-            )
-        cfg, spec = _train_config(config, condition_key, control, dose_key, cell_type_key, use_rep)
-        overrides = _covariates(covariate_key or [])
-        if features is not None:
-            overrides["data.features"] = tuple(_split(features))
-        if modality is not None:
-            overrides["data.modality"] = modality
-        spec = spec.updated(covariate_keys=overrides.get("data.covariate_keys"))
-        cfg = cfg.updated(overrides)
-        tables = _embeddings(embedding or [], spec.control)
-        adata = read_cells(
-            data, spec.obs_keys, required=spec.obs_keys, features=cfg.data.features or None
+        model = start().train(
+            data,
+            out,
+            fit_args,
+            config=config,
+            embedding=embedding or [],
+            split_key=_split_key(split_key),
+            covariates=covariate_key or [],
+            overrides={
+                "data.n_pca": n_pca,
+                "data.use_rep": use_rep,
+                "data.modality": modality,
+                "data.features": tuple(parse_items(features, "--features") or []) or None,
+            },
         )
-        model = ConditionalMonge(cfg).fit(
-            adata,
-            spec=spec,
-            embeddings=tables,
-            holdout=_split(holdout),
-            steps=steps,
-            seed=seed,
-            checkpoint_dir=out,
-            resume=resume,
+    except KeyboardInterrupt as exc:
+        _train_interrupted(exc, out, had_checkpoint)
+    typer.echo(
+        f"trained {len(model.conditions)} conditions for {int(model.state.step)} steps "
+        f"(best validation loss {model.loop.best_val_loss:.4g} at step "
+        f"{model.loop.best_step}); checkpoint, history.csv and loss.png in {out}"
+    )
+
+
+def _train_interrupted(exc: KeyboardInterrupt, out: Path, had_checkpoint: bool) -> None:
+    message = str(exc)  # TrainingInterrupted: "interrupted at step N; checkpoint saved, ..."
+    if not message:
+        saved = (out / "model.safetensors").exists()
+        message = "interrupted before training started; " + (
+            f"the checkpoint in {out} is unchanged, continue with --resume"
+            if saved and had_checkpoint
+            else "nothing was saved"
         )
-        model.save(out)
-        typer.echo(
-            f"trained {len(model.conditions)} conditions for {int(model.state.step)} steps "
-            f"(best validation loss {model.loop.best_val_loss:.4g} at step "
-            f"{model.loop.best_step}); checkpoint in {out}"
-        )
-    except TrainingInterrupted as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=130) from None
-    except CondMongeError as exc:
-        _fail(str(exc))
+    typer.echo(message, err=True)
+    raise typer.Exit(code=130)
 
 
 @app.command()
+@_one_line_errors
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `train`.")],
     data: Annotated[Path, typer.Argument(help="Control cells: " + _DATA_HELP)],
@@ -193,7 +253,10 @@ def predict(
         Path,
         typer.Option("--out", help="Predictions, in the format of the suffix (.h5ad, .csv, ...)."),
     ],
-    conditions: Annotated[str | None, typer.Option(help="Conditions: C1,C2+C3.")] = None,
+    conditions: Annotated[
+        str | None,
+        typer.Option(help="Conditions: C1,C2+C3 (each once). Default: every training condition."),
+    ] = None,
     query: Annotated[
         Path | None,
         typer.Option(
@@ -201,30 +264,42 @@ def predict(
             "predicted block per row."
         ),
     ] = None,
-    dose: Annotated[str | None, typer.Option(help="Dose of the --conditions.")] = None,
-    cell_type: Annotated[str | None, typer.Option(help="Cell type of the --conditions.")] = None,
+    dose: Annotated[
+        str | None, typer.Option(help="Dose of the --conditions (models trained with doses).")
+    ] = None,
+    cell_type: Annotated[
+        str | None,
+        typer.Option(help="Cell type of the --conditions (models trained with cell types)."),
+    ] = None,
+    split_key: Annotated[
+        str | None,
+        typer.Option(
+            help=SPLIT_KEY_HELP.format(
+                side="predict from its 'test' controls, by default its 'test' conditions"
+            )
+        ),
+    ] = None,
 ) -> None:
     """Push the control cells of DATA through the trained map; write predictions as AnnData."""
-    from condmonge.data.tables import read_cells, read_query, write_cells
-    from condmonge.model import ConditionalMonge
-
-    try:
-        if conditions and query:
-            raise DataError("give either --conditions or --query, not both")
-        model = ConditionalMonge.load(run_dir)
-        d = model.config.data
-        keys = [d.condition_key, d.dose_key, d.cell_type_key, *d.covariate_keys]
-        adata = read_cells(data, keys, features=None if d.use_rep else model.feature_names)
-        wanted: Any = read_query(query) if query is not None else (_split(conditions) or None)
-        pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type)
-        write_cells(pred, out)
-        n_blocks = pred.obs["condition_id"].nunique()
-        typer.echo(f"wrote {pred.n_obs} predicted cells in {n_blocks} conditions to {out}")
-    except CondMongeError as exc:
-        _fail(str(exc))
+    check_output_file(out, "--out", CELL_SUFFIXES)
+    pred = start().predict(
+        run_dir,
+        data,
+        out,
+        {
+            "conditions": parse_items(conditions, "--conditions"),
+            "query": query,
+            "dose": dose,
+            "cell_type": cell_type,
+        },
+        _split_key(split_key),
+    )
+    n_blocks = pred.obs["condition_id"].nunique()
+    typer.echo(f"wrote {pred.n_obs} predicted cells in {n_blocks} conditions to {out}")
 
 
 @app.command()
+@_one_line_errors
 def split(
     data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
     out: Annotated[
@@ -250,38 +325,47 @@ def split(
     holdout: Annotated[
         list[str] | None,
         typer.Option(
-            help="What to hold out (repeatable): conditions (A+B), perturbations, cell types, "
-            "doses (10, or A=10 for one drug). Default: a random --fraction."
+            help="What to hold out (repeatable, or comma-separated): conditions (A+B, as in "
+            "`train`), perturbations, cell types, doses (10, or A=10 for one drug). Default: a "
+            "random --fraction."
         ),
     ] = None,
     fraction: Annotated[
-        float | None, typer.Option(help="Random fraction held out (cells for random).")
-    ] = None,
-    fold: Annotated[int, typer.Option(help="Fold held out (kfold).")] = 0,
-    n_folds: Annotated[int, typer.Option(help="Folds over perturbations (kfold).")] = 5,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Random fraction held out (cells for random).",
+        ),
+    ] = None,  # fmt: skip
+    fold: Annotated[int, typer.Option(min=0, help="Fold held out (kfold).")] = 0,
+    n_folds: Annotated[int, typer.Option(min=2, help="Folds over perturbations (kfold).")] = 5,
     control_test_fraction: Annotated[
-        float, typer.Option(help="Control cells of each cell type put in test.")
+        float,
+        typer.Option(min=0.0, max=1.0, help="Control cells of each cell type put in test."),
     ] = 0.25,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
     key_added: Annotated[str, typer.Option(help="obs column to write.")] = "split",
 ) -> None:
     """Add a train/test split column to DATA's obs and write it to --out."""
-    from condmonge.data.spec import ConditionSpec
-    from condmonge.data.splits import SplitPlan, make_split, split_summary
-    from condmonge.data.tables import read_cells, write_cells
-
-    try:
-        covariates = (covariate_key,) if covariate_key else ()
-        spec = ConditionSpec(condition_key, control, dose_key, cell_type_key, covariates)
-        plan = SplitPlan(
-            kind, holdout or None, fraction, n_folds, fold, control_test_fraction, seed
-        )
-        adata = read_cells(data, spec.obs_keys, required=spec.obs_keys, features=features)
-        make_split(adata, plan, spec, key_added=key_added)
-        summary = split_summary(adata, key_added)
-        write_cells(adata, out)
-    except CondMongeError as exc:
-        _fail(str(exc))
+    check_output_file(out, "--out", CELL_SUFFIXES, example="split")
+    spec = {
+        "condition_key": condition_key,
+        "control": control,
+        "dose_key": dose_key,
+        "cell_type_key": cell_type_key,
+        "covariate_keys": (covariate_key,) if covariate_key else (),
+    }
+    plan = {
+        "kind": kind,
+        "holdout": parse_items(holdout, "--holdout"),
+        "fraction": fraction,
+        "n_folds": n_folds,
+        "fold": fold,
+        "control_test_fraction": control_test_fraction,
+        "seed": seed,
+    }
+    summary = start().split(data, out, spec, plan, key_added, features)
     for side, row in summary.iterrows():
         typer.echo(
             f"{side}: {row.cells} cells ({row.control_cells} control), {row.conditions} "
@@ -496,60 +580,101 @@ def evaluate(
 
 
 @app.command()
+@_one_line_errors
 def experiment(
-    config: Annotated[Path, typer.Argument(help="Experiment YAML (split, baselines, model).")],
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Experiment YAML: dataset or data file, split, baselines, model config."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Run directory for the report.")],
 ) -> None:
-    """Split → train → predict → evaluate the model and every baseline → DIR/report.md."""
-    from condmonge.evaluate.experiment import load_experiment_config, run_experiment
-    from condmonge.evaluate.report import to_markdown
+    """Split → train → predict → evaluate the model and every baseline → DIR/report.md.
 
-    try:
-        cfg = load_experiment_config(config)
-        result = run_experiment(cfg, out, config_dir=config.parent)
-    except CondMongeError as exc:
-        _fail(str(exc))
-    typer.echo(to_markdown(result.summary))
+    The YAML schema is condmonge.evaluate.experiment.ExperimentConfig (keys: dataset or data,
+    split, baselines, model, ...); runnable examples are in the repository's examples/*.yaml,
+    e.g. `condmonge experiment examples/synthetic.yaml --out runs/synthetic`.
+    """
+    check_run_dir(out, resume=True, overwrite=True)
+    if not config.is_file():
+        raise DataError(f"experiment config '{config}' does not exist; see examples/*.yaml")
+    summary = start().experiment(config, out)
+    typer.echo(summary)
     typer.echo(f"report: {out / 'report.md'}")
 
 
 @app.command()
+@_one_line_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo_out"),
-    steps: Annotated[int, typer.Option(help="Training steps.")] = 1500,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1500,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
 ) -> None:
     """Train on the shipped Norman/McFaline data with combinations held out, and report."""
-    from condmonge.demo import run_demo
-    from condmonge.evaluate.report import to_markdown
-
-    try:
-        summary = run_demo(out, steps=steps, seed=seed)
-    except CondMongeError as exc:
-        _fail(str(exc))
-    typer.echo(to_markdown(summary))
+    check_run_dir(out, resume=True, overwrite=True)
+    typer.echo(start().demo(out, steps=steps, seed=seed))
     typer.echo(f"report: {out / 'report.md'}")
 
 
-def main() -> None:
-    """Console entry point: usage errors, like input errors, are one line and exit code 2."""
-    from condmonge.train.sharding import use_cpu_cores
+@app.command("config")
+def print_config() -> None:
+    """Print the full default configuration: YAML with a one-line comment per key.
 
-    use_cpu_cores()  # before any array exists: one JAX CPU device per core, see its docstring
+    Save it, edit it and pass it to `condmonge train --config FILE`.
+    """
+    from condmonge.config_text import default_config_text  # pydantic only: no JAX
+
+    typer.echo(default_config_text(), nl=False)
+
+
+def _bug(command: str) -> None:
+    """Last line of defence: one line naming the failure and the log with its traceback."""
+    exc = sys.exc_info()[1]
+    try:
+        where = f"the full traceback is in {write_crash_log(command)}"
+    except OSError:
+        where = "no traceback log could be written"
+    what = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    name = f"condmonge {command}".strip()
+    typer.echo(
+        f"error: `{name}` failed unexpectedly ({what}); this is a bug in condmonge, please "
+        f"report it; {where}",
+        err=True,
+    )
+    sys.exit(1)
+
+
+def _usage_error(exc: Exception) -> None:
+    """Usage errors (missing option, bad value, unknown command): one line, exit code 2."""
+    ctx = getattr(exc, "ctx", None)
+    command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+    typer.echo(f"error: {exc.format_message()} (see `condmonge{command} --help`)", err=True)
+    sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point: every failure is one line on stderr with a meaningful exit code."""
+    install_interrupt_handler()
+    if os.environ.get("CONDMONGE_DEBUG"):
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="debug: %(message)s")
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
     try:
         code = app(standalone_mode=False)
     except (KeyboardInterrupt, typer.Abort):
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        # Usage errors (missing option, bad value, unknown command) carry exit code 2; typer
-        # vendors click, so they are recognised by shape rather than by class.
-        if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
-            raise
-        ctx = getattr(exc, "ctx", None)
-        command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
-        typer.echo(f"error: {exc.format_message()} (see `condmonge{command} --help`)", err=True)
+        code = 130
+    except CondMongeError as exc:
+        typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except Exception as exc:
+        # typer vendors click, so its usage errors are recognised by shape rather than class.
+        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            _usage_error(exc)
+        _bug(command)
+    if code == 130 and interrupted():
+        typer.echo("interrupted (Ctrl-C)", err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -264,6 +264,7 @@ class ConditionalMonge:
             spec,
             trained.feature_names,
             uns=uns,
+            extra=conditions if isinstance(conditions, pd.DataFrame) else None,
         )
 
     def evaluate(

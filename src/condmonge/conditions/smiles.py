@@ -210,6 +210,12 @@ def _clean_descriptors(table: pd.DataFrame, fit_names: list[str], rows: str) -> 
         values = np.where(bad, medians, values)
     fit_values = values[fit]
     keep = np.isfinite(medians) & (np.ptp(fit_values, axis=0) > 0)
+    if not keep.any():  # e.g. one training drug: every descriptor is constant over it
+        raise DataError(
+            f"every RDKit descriptor is constant over {rows} ({len(fit)} drug(s): "
+            f"{', '.join(map(str, fit_names[:3]))}), so descriptors cannot tell drugs apart; "
+            "train on at least 2 drugs with different structures, or use kind=morgan_counts"
+        )
     return pd.DataFrame(values[:, keep], index=table.index, columns=table.columns[keep])
 
 

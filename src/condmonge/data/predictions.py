@@ -95,7 +95,7 @@ def per_condition(
     return batch
 
 
-def assemble_prediction(
+def assemble_prediction(  # noqa: PLR0913  the query's own columns (extra) ride along
     adata: ad.AnnData,
     x: np.ndarray,
     conditions: Sequence[Condition],
@@ -103,6 +103,7 @@ def assemble_prediction(
     spec: ConditionSpec,
     feature_names: Sequence[str],
     uns: Mapping[str, Any] | None = None,
+    extra: pd.DataFrame | None = None,
 ) -> ad.AnnData:
     """Push the control cells of ``adata`` through ``transport`` for every condition.
 
@@ -118,11 +119,15 @@ def assemble_prediction(
       spec: obs column names.
       feature_names: ``[d]`` names of the output's ``var``.
       uns: stored under ``uns['condmonge']``.
+      extra: one row per condition (the query table): its other columns are copied into the
+        ``obs`` of that condition's block.
 
     Returns:
-      AnnData whose ``obs`` holds the condition columns, ``condition_id``, ``source_index`` and
+      AnnData whose ``obs`` holds the condition columns (doses as numbers when no condition is
+      a combination with several doses), ``condition_id``, ``source_index`` and
       ``source_obs_name`` (the query cell each prediction came from), one block per condition
-      in the order of ``conditions``.
+      in the order of ``conditions``; obs names read ``{condition}-{source cell}``; ``var`` is
+      the query's ``var`` (gene metadata) when the features are its genes.
     """
     if not conditions:
         raise UnknownConditionError("no conditions to predict")
@@ -132,13 +137,20 @@ def assemble_prediction(
     for rows, which in sources.values():
         for i, block in zip(which, transport(x[rows], np.asarray(which)), strict=True):
             blocks[i] = np.asarray(block, np.float32)
-    frames = [_block_obs(adata, cond, sources[cond.cell_type][0], spec) for cond in conditions]
+    numeric = all(len(c.doses) == 1 for c in conditions)
+    frames = [
+        _block_obs(adata, cond, sources[cond.cell_type][0], spec, numeric) for cond in conditions
+    ]
+    if extra is not None:  # the query's own columns, one row per condition
+        for frame, (_, row) in zip(frames, extra.iterrows(), strict=True):
+            for column, value in row.items():
+                frame[column] = frame.get(column, value)
     obs = pd.concat(frames, ignore_index=True)
-    obs.index = [f"pred-{i}" for i in range(len(obs))]
+    obs.index = _readable_names(obs, spec)
     for column in [spec.condition_key, "condition_id", spec.dose_key, spec.cell_type_key]:
-        if column:
+        if column and not (column == spec.dose_key and numeric):
             obs[column] = obs[column].astype("category")
-    var = pd.DataFrame(index=pd.Index([str(f) for f in feature_names], dtype=str))
+    var = _output_var(adata, feature_names, spec)
     out = ad.AnnData(X=np.concatenate(blocks).astype(np.float32), obs=obs, var=var)
     if uns is not None:
         out.uns["condmonge"] = dict(uns)
@@ -164,8 +176,31 @@ def _source_rows(
     return sources
 
 
+def _readable_names(obs: pd.DataFrame, spec: ConditionSpec) -> pd.Index:
+    """``{condition}-{source cell}``, with the dose when needed to tell blocks apart."""
+    names = obs[spec.condition_key].astype(str) + "-" + obs["source_obs_name"]
+    if names.duplicated().any() and spec.dose_key:
+        dose = obs[spec.dose_key].astype(str)
+        names = obs[spec.condition_key].astype(str) + "@" + dose + "-" + obs["source_obs_name"]
+    # A condition queried twice (or covariates that differ) still gets unique names.
+    return ad.utils.make_index_unique(pd.Index(names.to_numpy(), dtype=str))
+
+
+def _output_var(
+    adata: ad.AnnData, feature_names: Sequence[str], spec: ConditionSpec
+) -> pd.DataFrame:
+    """The query's ``var`` rows of the output genes, or bare names for obsm features."""
+    names = pd.Index([str(f) for f in feature_names], dtype=str)
+    genes = adata.var_names.astype(str)
+    if spec.use_rep is not None or not names.isin(genes).all() or genes.has_duplicates:
+        return pd.DataFrame(index=names)
+    var = adata.var.copy()
+    var.index = genes
+    return var.loc[names]
+
+
 def _block_obs(
-    adata: ad.AnnData, cond: Condition, rows: np.ndarray, spec: ConditionSpec
+    adata: ad.AnnData, cond: Condition, rows: np.ndarray, spec: ConditionSpec, numeric: bool
 ) -> pd.DataFrame:
     """The ``obs`` rows of one predicted block."""
     frame = pd.DataFrame(
@@ -177,7 +212,7 @@ def _block_obs(
         }
     )
     if spec.dose_key:
-        frame[spec.dose_key] = cond.dose_label(spec.combination_sep)
+        frame[spec.dose_key] = cond.doses[0] if numeric else cond.dose_label(spec.combination_sep)
     if spec.cell_type_key:
         frame[spec.cell_type_key] = cond.cell_type
     for key, value in zip(spec.covariate_keys, cond.covariates, strict=True):

@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from condmonge.data.selectors import match_selectors
 from condmonge.data.spec import Condition, ConditionSpec, parse_doses, parse_perturbations
 from condmonge.errors import DataError, UnknownConditionError
 
@@ -113,31 +114,18 @@ def make_condition(
 
 
 def select_conditions(
-    conditions: Sequence[Condition], selectors: Sequence[str], sep: str = "+"
+    conditions: Sequence[Condition],
+    selectors: Sequence[str],
+    sep: str = "+",
+    control: str | None = None,
 ) -> list[int]:
-    """Indices of ``conditions`` matching any selector.
+    """Indices of ``conditions`` matching any holdout selector.
 
-    A selector matches a condition by its perturbation label in any order (``"B+A"`` matches
-    ``A+B`` at every dose and cell type) or by its full :meth:`Condition.key`.
+    The forms (``A+B`` in any order, ``A@NK``, partial or full keys) are those of
+    :mod:`condmonge.data.selectors`, shared with the splits; ``control`` is refused.
     """
-    wanted_labels = {tuple(sorted(parse_perturbations(s, sep))) for s in selectors if "|" not in s}
-    wanted_keys = {s for s in selectors if "|" in s}
-    chosen = [
-        i
-        for i, c in enumerate(conditions)
-        if c.perturbations in wanted_labels or c.key(sep) in wanted_keys
-    ]
-    found = {conditions[i].perturbations for i in chosen} | {conditions[i].key(sep) for i in chosen}
-    missing = [
-        s
-        for s in selectors
-        if tuple(sorted(parse_perturbations(s, sep))) not in found and s not in found
-    ]
-    if missing:
-        raise UnknownConditionError(
-            f"held-out condition(s) {', '.join(repr(m) for m in missing)} do not occur in the data"
-        )
-    return chosen
+    mask = match_selectors(conditions, selectors, sep=sep, control=control)
+    return [int(i) for i in np.flatnonzero(mask)]
 
 
 class CellPools(NamedTuple):

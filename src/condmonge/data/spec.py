@@ -138,6 +138,13 @@ class ConditionSpec:
                     f"adata.obs['{key}'] is a covariate and must be numeric (e.g. 24, not "
                     f"'24h'); convert it with pd.to_numeric or drop '{key}' from covariate_keys"
                 )
+        if self.cell_type_key is not None and obs[self.cell_type_key].isna().any():
+            missing = obs[self.cell_type_key].isna().to_numpy()
+            raise DataError(  # else they would become a cell type called 'nan'
+                f"adata.obs['{self.cell_type_key}'] has {int(missing.sum())} missing values "
+                f"(first at row {int(np.flatnonzero(missing)[0])}); give every cell its cell "
+                "type (controls too) or drop those cells"
+            )
 
     def _check_labels(self, labels: pd.Series) -> pd.Series:
         where = f"adata.obs['{self.condition_key}']"

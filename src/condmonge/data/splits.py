@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from condmonge.data.prepare import label_cells
+from condmonge.data.selectors import match_selectors
 from condmonge.data.spec import Condition, ConditionSpec, parse_perturbations
 from condmonge.errors import ConfigError, DataError, UnknownConditionError, suggest
 
@@ -299,23 +300,11 @@ def _random_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:
 
 
 def _match_conditions(cells: _Cells, holdout: Sequence[str]) -> np.ndarray:
-    """Mask over conditions matching a label (any order) or a full condition key."""
-    labels = cells.labels()
-    keys = [c.key(cells.sep) for c in cells.conditions]
-    chosen = np.zeros(len(cells.conditions), bool)
-    for item in holdout:
-        item = str(item)
-        if "|" in item:
-            hit = np.array([k == item for k in keys], bool)
-            available: list[str] = keys
-        else:
-            label = cells.sep.join(sorted(parse_perturbations(item, cells.sep)))
-            hit = np.array([lab == label for lab in labels], bool)
-            available = sorted(set(labels))
-        if not hit.any():
-            raise _unknown(item, available, "condition", cells.where)
-        chosen |= hit
-    return chosen
+    """Mask over conditions matching a selector (see :mod:`condmonge.data.selectors`)."""
+    items = [str(item) for item in holdout]
+    return match_selectors(
+        cells.conditions, items, sep=cells.sep, control=cells.spec.control, where=cells.where
+    )
 
 
 def _condition_test(cells: _Cells, plan: SplitPlan) -> np.ndarray:

@@ -140,7 +140,7 @@ def _prepare(adata: ad.AnnData, config: Config, holdout: Sequence[str]) -> _Prep
         )
     validate_adata(obs_only(adata) if backed else adata, d)
     cells = label_cells(adata, d.spec)
-    held = set(select_conditions(cells.conditions, holdout, d.combination_sep))
+    held = set(select_conditions(cells.conditions, holdout, d.combination_sep, d.control))
     train_ids = [i for i in range(len(cells.conditions)) if i not in held]
     if not train_ids:
         raise DataError("every treated condition is held out; nothing left to train on")
