@@ -36,6 +36,7 @@ import condmonge as cm
 cm.use_cpu_cores()
 
 import os
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -57,7 +58,9 @@ def find_kang() -> Path | None:
 
 path = find_kang()
 if path is not None:
-    adata = ad.read_h5ad(path)  # read in place, never copied into the repository
+    with warnings.catch_warnings():  # the 2018 file's old layout: anndata notes it moves obsp
+        warnings.simplefilter("ignore", FutureWarning)
+        adata = ad.read_h5ad(path)  # read in place, never copied into the repository
     held_out, source = "NK", f"Kang 2018 ({KANG})"
 else:
     norman = cm.datasets.norman_mcfaline()
