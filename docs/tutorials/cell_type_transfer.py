@@ -147,7 +147,9 @@ scores = [evaluate_prediction(pred, test, model.config.data, method="condmonge")
 for name in ["identity", "mean_shift"]:
     baseline = make_baseline(name).fit(train, "condition", "control", cell_type_key="cell_type")
     scores.append(
-        evaluate_prediction(baseline.predict(test, conditions), test, model.config.data, method=name)
+        evaluate_prediction(
+            baseline.predict(test, conditions), test, model.config.data, method=name
+        )
     )
 summary = summarize(pd.concat(scores))
 summary[["r2_delta_top20", "r2_delta_all", "energy_distance"]].round(3)

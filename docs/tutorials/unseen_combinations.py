@@ -40,9 +40,7 @@ adata
 # the control cells of each cell type (`obs['cell_type']`).
 
 # %%
-adata.obs.groupby("cell_type", observed=True)["condition"].agg(
-    cells="size", conditions="nunique"
-)
+adata.obs.groupby("cell_type", observed=True)["condition"].agg(cells="size", conditions="nunique")
 
 # %% [markdown]
 # ## Hold out five gene pairs
@@ -106,7 +104,9 @@ scores = [evaluate_prediction(pred, test, model.config.data, method="condmonge")
 for name in ["identity", "mean_shift", "additive"]:
     baseline = make_baseline(name).fit(train, "condition", "control", cell_type_key="cell_type")
     scores.append(
-        evaluate_prediction(baseline.predict(test, conditions), test, model.config.data, method=name)
+        evaluate_prediction(
+            baseline.predict(test, conditions), test, model.config.data, method=name
+        )
     )
 per_condition = pd.concat(scores)
 summary = summarize(per_condition)

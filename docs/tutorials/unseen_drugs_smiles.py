@@ -161,6 +161,7 @@ query
 # drug in embedding space, `linear` a ridge regression from (embedding, dose, cell line) to
 # the shift.
 
+
 # %%
 def true_map(condition, x):
     return task.true_map(condition.label(), condition.doses[0], condition.cell_type, x)
@@ -170,19 +171,25 @@ sources = np.asarray(test.X)
 conditions = model.query_conditions(query)
 cfg = model.config.data
 scores = [
-    evaluate_prediction(
-        pred, test, cfg, method="condmonge", true_map=true_map, sources=sources
-    )
+    evaluate_prediction(pred, test, cfg, method="condmonge", true_map=true_map, sources=sources)
 ]
 for name in ["identity", "mean_shift", "linear"]:
     baseline = make_baseline(name).fit(
-        train, "condition", "control", dose_key="dose", cell_type_key="cell_type",
+        train,
+        "condition",
+        "control",
+        dose_key="dose",
+        cell_type_key="cell_type",
         embeddings={"condition": table},
     )
     scores.append(
         evaluate_prediction(
-            baseline.predict(test, conditions), test, cfg, method=name,
-            true_map=true_map, sources=sources,
+            baseline.predict(test, conditions),
+            test,
+            cfg,
+            method=name,
+            true_map=true_map,
+            sources=sources,
         )
     )
 per_condition = pd.concat(scores)
