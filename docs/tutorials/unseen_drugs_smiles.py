@@ -28,11 +28,12 @@
 #
 # !!! note "Where the SMILES come from"
 #     The sci-Plex 3 drug table (`trapnell_drugs_smiles.csv`, MIT, from the
-#     `AI4SCR/conditional-monge` repository) is read from a `shared/data/drug_metadata/` folder
-#     next to the repository or from `$CONDMONGE_DATA/drug_metadata/`. Without it the page
-#     falls back to the ten example drugs built into `sciplex_like`; with eight training drugs
-#     there is too little chemistry to generalise from, and the model is then no better than
-#     the baselines. The output below says which ran.
+#     `AI4SCR/conditional-monge` repository) is read from the repository's `examples/data/`, or
+#     from `$CONDMONGE_DATA/drug_metadata/`, or from a `shared/data/drug_metadata/` folder next
+#     to the repository. Without it the page falls back to the ten example drugs built into
+#     `sciplex_like`; with eight training drugs there is too little chemistry to generalise
+#     from, and the model is then no better than the baselines. The output below says which
+#     ran.
 
 # %%
 import condmonge as cm
@@ -48,14 +49,17 @@ from condmonge.conditions import read_smiles_table, smiles_embedding
 from condmonge.data.splits import make_split, split_summary
 from condmonge.evaluate import evaluate_prediction, make_baseline, summarize
 
-TABLE = Path("drug_metadata") / "trapnell_drugs_smiles.csv"
+NAME = "trapnell_drugs_smiles.csv"
 
 
 def find_table() -> Path | None:
-    """$CONDMONGE_DATA/TABLE, else shared/data/TABLE in this folder or any folder above it."""
-    folders = [Path(os.environ["CONDMONGE_DATA"])] if "CONDMONGE_DATA" in os.environ else []
-    folders += [p / "shared" / "data" for p in [Path.cwd(), *Path.cwd().parents]]
-    return next((f / TABLE for f in folders if (f / TABLE).is_file()), None)
+    """examples/data/NAME of the repository, $CONDMONGE_DATA or shared/data/drug_metadata."""
+    here = [Path.cwd(), *Path.cwd().parents]
+    folders = [p / "examples" / "data" for p in here]
+    if "CONDMONGE_DATA" in os.environ:
+        folders.append(Path(os.environ["CONDMONGE_DATA"]) / "drug_metadata")
+    folders += [p / "shared" / "data" / "drug_metadata" for p in here]
+    return next((f / NAME for f in folders if (f / NAME).is_file()), None)
 
 
 path = find_table()
@@ -65,7 +69,7 @@ task = cm.datasets.sciplex_like(
     cell_types=("A549",), n_cells=50, n_features=20, seed=0,
 )  # fmt: skip
 adata = task.adata
-print("SMILES:", path.name if path is not None else "the built-in example drugs")
+print("SMILES:", f"{path.parent.name}/{path.name}" if path else "the built-in example drugs")
 print(f"{len(task.drugs)} drugs x {len(task.doses)} doses x {len(task.cell_types)} cell line(s);")
 print(f"{adata.n_obs} cells x {adata.n_vars} features")
 task.smiles.head().to_frame()
