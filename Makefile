@@ -4,21 +4,37 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Material for MkDocs prints a banner about MkDocs 2.0 on every build unless this is set.
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast docs docs-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/condmonge demo --out demo_out
 
+# ruff, the documentation site with every tutorial executed (a failing tutorial fails the
+# build, and so the target), then pytest (last, so that its summary line closes the output).
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(MAKE) --no-print-directory docs-check
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The site in site/ (open site/index.html); tutorials run on every build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+# The same build into a temporary directory (what `make test` runs).
+docs-check: $(STAMP)
+	tmp=$$(mktemp -d) && start=$$(date +%s) && \
+	$(BIN)/mkdocs build --strict --quiet --site-dir $$tmp; rc=$$?; \
+	echo "docs: built with executed tutorials in $$(( $$(date +%s) - start )) s (exit $$rc)"; \
+	rm -rf $$tmp; exit $$rc
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -29,4 +45,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo_out
+	rm -rf $(VENV) demo_out site
