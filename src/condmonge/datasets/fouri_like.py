@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from condmonge.conditions.smiles import read_smiles_table
-from condmonge.datasets.sciplex_like import HIDDEN_DESCRIPTORS, _hidden_inputs
+from condmonge.datasets.sciplex_like import hidden_embedding
 from condmonge.datasets.synthetic import ConvexTask, convex_task
 from condmonge.errors import ConfigError, DataError, UnknownConditionError, suggest
 
@@ -140,19 +140,6 @@ def _controls(rng: np.random.Generator, theta: dict[str, np.ndarray], n: int) ->
     return ((z + theta["offset"]) * theta["scale"]).astype(np.float32)
 
 
-def _hidden_embedding(smiles: pd.Series, hidden_dim: int, rng: np.random.Generator) -> pd.DataFrame:
-    inputs = _hidden_inputs(smiles)
-    std = inputs.std(axis=0)
-    z = np.clip((inputs - inputs.mean(axis=0)) / np.where(std > 1e-12, std, 1.0), -4.0, 4.0)
-    hidden = z @ rng.normal(size=(len(HIDDEN_DESCRIPTORS), hidden_dim))
-    hidden_std = hidden.std(axis=0)
-    return pd.DataFrame(
-        hidden / np.where(hidden_std > 1e-12, hidden_std, 1.0),
-        index=pd.Index([str(d) for d in smiles.index], name="drug"),
-        columns=[f"hidden_{j}" for j in range(hidden_dim)],
-    )
-
-
 def fouri_like(  # noqa: PLR0913  a generator's design knobs are its parameters
     smiles: pd.Series | None = None,
     n_drugs: int | None = None,
@@ -200,7 +187,7 @@ def fouri_like(  # noqa: PLR0913  a generator's design knobs are its parameters
     drugs = [str(d) for d in series.index]
     task = FouriLikeTask(
         ad.AnnData(np.zeros((0, len(FEATURES)), np.float32)),
-        _hidden_embedding(series, hidden_dim, rng),
+        hidden_embedding(series, rng, hidden_dim, index_name="drug"),
         series.rename("smiles"),
         drugs,
         times,

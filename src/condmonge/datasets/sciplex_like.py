@@ -207,11 +207,11 @@ def sciplex_like(  # noqa: PLR0913  a generator's design knobs are its parameter
         n_conditions=1, n_features=n_features, n_cells=1, embedding_dim=hidden_dim,
         n_unseen=0, seed=int(rng.integers(2**31)),
     )  # fmt: skip
-    hidden_embedding = _hidden_embedding(series, rng, hidden_dim)
+    hidden_table = hidden_embedding(series, rng, hidden_dim)
     modulation, controls = _cell_type_models(rng, cell_types, n_features, hidden_dim)
     task = SciplexLikeTask(
-        ad.AnnData(np.zeros((0, n_features), np.float32)), hidden_embedding,
-        series.rename("smiles"), list(hidden_embedding.index), doses, cell_types, control, maps,
+        ad.AnnData(np.zeros((0, n_features), np.float32)), hidden_table,
+        series.rename("smiles"), list(hidden_table.index), doses, cell_types, control, maps,
         modulation, controls,
     )  # fmt: skip
     adata = _cells(task, rng, n_cells, n_controls)
@@ -259,8 +259,17 @@ def _drug_table(smiles: pd.Series | None, n_drugs: int | None, control: str) -> 
     return series
 
 
-def _hidden_embedding(series: pd.Series, rng: np.random.Generator, hidden_dim: int):
-    """Steps 1-2 of the module docstring: ``[drugs, hidden_dim]`` table ``e_d``."""
+def hidden_embedding(
+    series: pd.Series, rng: np.random.Generator, hidden_dim: int, index_name: str = "condition"
+) -> pd.DataFrame:
+    """Steps 1-2 of the module docstring: the ``[drugs, hidden_dim]`` table ``e_d``.
+
+    Args:
+      series: SMILES indexed by drug name.
+      rng: draws the random projection of the z-scored descriptors.
+      hidden_dim: columns of the table.
+      index_name: name of the table's index.
+    """
     inputs = _hidden_inputs(series)
     std = inputs.std(axis=0)
     z = np.clip((inputs - inputs.mean(axis=0)) / np.where(std > 1e-12, std, 1.0), -4.0, 4.0)
@@ -270,7 +279,7 @@ def _hidden_embedding(series: pd.Series, rng: np.random.Generator, hidden_dim: i
     hidden = hidden / np.where(hidden_std > 1e-12, hidden_std, 1.0)
     return pd.DataFrame(
         hidden,
-        index=pd.Index([str(d) for d in series.index], name="condition"),
+        index=pd.Index([str(d) for d in series.index], name=index_name),
         columns=[f"hidden_{j}" for j in range(hidden_dim)],
     )
 

@@ -93,21 +93,7 @@ def evaluate_prediction(
       every metric of :func:`~condmonge.evaluate.metrics.population_metrics`.
     """
     sets = truth if isinstance(truth, TruthSets) else truth_sets(truth, cfg)
-    if "condition_id" not in prediction.obs:
-        raise DataError(
-            "the prediction has no obs['condition_id']; evaluate AnnData written by "
-            "`condmonge predict` or `ConditionalMonge.predict`"
-        )
-    pred_x = align_features(prediction, sets.feature_names, None)
-    ids = prediction.obs["condition_id"].astype(str).to_numpy()
-    keys = list(dict.fromkeys(ids))
-    missing = [k for k in keys if k not in sets.treated]
-    if missing:
-        raise DataError(
-            f"{len(missing)} predicted condition(s) have no observed cells in the truth, e.g. "
-            f"'{missing[0]}'{suggest(missing[0], sets.treated)}; the truth must hold the "
-            "treated cells of every predicted condition"
-        )
+    pred_x, ids, keys = _predicted_blocks(prediction, sets)
     preds, truths, controls, rows = [], [], [], []
     for key in keys:
         cond = sets.conditions[key]
@@ -137,3 +123,24 @@ def evaluate_prediction(
     if method is not None:
         table.insert(0, "method", method)
     return table
+
+
+def _predicted_blocks(prediction: ad.AnnData, sets: TruthSets):
+    """``(features [n, d], condition id of each cell [n], condition ids in order)``, checked."""
+    if "condition_id" not in prediction.obs:
+        raise DataError(
+            "the prediction has no obs['condition_id']; evaluate AnnData written by "
+            "`condmonge predict` or `ConditionalMonge.predict`, or score any prediction with "
+            "`condmonge evaluate --condition-key ...` (condmonge.evaluate.score_predictions)"
+        )
+    pred_x = align_features(prediction, sets.feature_names, None)
+    ids = prediction.obs["condition_id"].astype(str).to_numpy()
+    keys = list(dict.fromkeys(ids))
+    missing = [k for k in keys if k not in sets.treated]
+    if missing:
+        raise DataError(
+            f"{len(missing)} predicted condition(s) have no observed cells in the truth, e.g. "
+            f"'{missing[0]}'{suggest(missing[0], sets.treated)}; the truth must hold the "
+            "treated cells of every predicted condition"
+        )
+    return pred_x, ids, keys

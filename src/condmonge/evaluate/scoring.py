@@ -362,9 +362,7 @@ def score_predictions(  # noqa: PLR0913  public entry point: each keyword-only o
       every metric; ``table.attrs['coverage']`` holds ``{method: Coverage.as_dict()}``.
     """
     if max_cells < 2:
-        raise ConfigError(
-            f"max_cells must be at least 2 (got {max_cells}); the DE test needs cells"
-        )
+        raise ConfigError(f"max_cells must be at least 2 (got {max_cells}); DE needs cells")
     if chunk_conditions < 1:
         raise ConfigError(f"chunk_conditions must be at least 1 (got {chunk_conditions})")
     if not predictions:
