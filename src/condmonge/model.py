@@ -29,7 +29,7 @@ from condmonge.errors import ConfigError, NotFittedError, UnknownConditionError
 from condmonge.evaluate.evaluation import evaluate_prediction, truth_sets
 from condmonge.models.transport import BatchedTransport
 from condmonge.train.fit import fit_map
-from condmonge.train.persistence import TrainedMap, load_trained, save_trained
+from condmonge.train.persistence import FromTrained, TrainedMap, load_trained, save_trained
 
 __all__ = ["ConditionalMonge"]
 
@@ -37,26 +37,6 @@ __all__ = ["ConditionalMonge"]
 _SPEC_OPTIONS = ("dose_key", "cell_type_key", "covariate_keys", "use_rep")
 _TRAIN_OPTIONS = ("steps", "seed")
 _RUN_OPTIONS = ("checkpoint_dir", "resume")
-
-
-class _FromTrained:
-    """An attribute of the trained map, readable (with a default) before training."""
-
-    def __init__(self, default: Any = None):
-        self.default = default
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, model: ConditionalMonge | None, owner: type) -> Any:
-        if model is None or model.trained is None:
-            return self if model is None else self.default
-        return getattr(model.trained, self.name)
-
-    def __set__(self, model: ConditionalMonge, value: Any) -> None:
-        if model.trained is None:
-            raise NotFittedError(f"the model is not trained; cannot set `{self.name}`")
-        setattr(model.trained, self.name, value)
 
 
 class ConditionalMonge:
@@ -73,16 +53,16 @@ class ConditionalMonge:
       config: a :class:`~condmonge.config.Config`, a nested dict, or ``None`` for defaults.
     """
 
-    feature_names = _FromTrained([])
-    conditions = _FromTrained([])
-    holdout = _FromTrained([])
-    encoder = _FromTrained()
-    projection = _FromTrained()
-    params = _FromTrained()
-    constants = _FromTrained()
-    state = _FromTrained()
-    loop = _FromTrained()
-    n_traces = _FromTrained(0)
+    feature_names = FromTrained([])
+    conditions = FromTrained([])
+    holdout = FromTrained([])
+    encoder = FromTrained()
+    projection = FromTrained()
+    params = FromTrained()
+    constants = FromTrained()
+    state = FromTrained()
+    loop = FromTrained()
+    n_traces = FromTrained(0)
 
     def __init__(self, config: Config | Mapping[str, Any] | None = None):
         if config is None:

@@ -24,13 +24,13 @@ from condmonge.config import Config, config_from_dict
 from condmonge.data.anndata_io import Standardizer, align_features
 from condmonge.data.pca import Projection
 from condmonge.data.spec import Condition, ConditionSpec
-from condmonge.errors import CheckpointError
+from condmonge.errors import CheckpointError, NotFittedError
 from condmonge.files import replace_atomically
 from condmonge.models.networks import ConditionalResidualMap, network_from_config
 from condmonge.train import checkpoint as ckpt
 from condmonge.train.trainer import TrainLoopState, TrainState
 
-__all__ = ["TrainedMap", "load_trained", "restore_training", "save_trained"]
+__all__ = ["FromTrained", "TrainedMap", "load_trained", "restore_training", "save_trained"]
 
 
 @dataclass
@@ -263,3 +263,26 @@ def condition_from_json(d: Mapping[str, Any]) -> Condition:
         d["cell_type"],
         tuple(float(v) for v in d["covariates"]),
     )
+
+
+class FromTrained:
+    """A model attribute read from (and written to) its :class:`TrainedMap`.
+
+    Before training it reads as ``default``; setting it then is a :class:`NotFittedError`.
+    """
+
+    def __init__(self, default: Any = None):
+        self.default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, model: Any, owner: type) -> Any:
+        if model is None or model.trained is None:
+            return self if model is None else self.default
+        return getattr(model.trained, self.name)
+
+    def __set__(self, model: Any, value: Any) -> None:
+        if model.trained is None:
+            raise NotFittedError(f"the model is not trained; cannot set `{self.name}`")
+        setattr(model.trained, self.name, value)
