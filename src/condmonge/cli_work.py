@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
-import matplotlib
 import numpy as np
 import pandas as pd
 
@@ -30,12 +29,9 @@ from condmonge.data.tables import read_query as read_query_table
 from condmonge.demo import run_demo
 from condmonge.errors import DataError, UnknownConditionError, suggest
 from condmonge.evaluate.experiment import load_experiment_config, run_experiment
-from condmonge.evaluate.report import to_markdown
+from condmonge.evaluate.report import plot_history, to_markdown
 from condmonge.files import replace_atomically
 from condmonge.model import ConditionalMonge
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = [
     "demo",
@@ -187,23 +183,6 @@ def write_history(history: pd.DataFrame, out: Path) -> None:
     """``out/history.csv`` (one row per logged step) and ``out/loss.png`` (the curves)."""
     replace_atomically(out / "history.csv", lambda tmp: history.to_csv(tmp, index=False))
     replace_atomically(out / "loss.png", partial(plot_history, history), suffix=".png")
-
-
-def plot_history(history: pd.DataFrame, path: Path) -> Path:
-    """Training and validation loss against step (``history`` as ``ConditionalMonge.history``)."""
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    if len(history):
-        ax.plot(history["step"], history["loss"], label="training loss", lw=1)
-        if "val_loss" in history:
-            val = history.dropna(subset=["val_loss"])
-            ax.plot(val["step"], val["val_loss"], "o-", label="validation loss", ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
-    return Path(path)
 
 
 def _read_query_rows(path: Path, d: DataConfig) -> pd.DataFrame:

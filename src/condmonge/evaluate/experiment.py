@@ -43,6 +43,7 @@ from condmonge.evaluate.baselines import MongeGapPerCondition, make_baseline
 from condmonge.evaluate.evaluation import TruthSets, evaluate_prediction, truth_sets
 from condmonge.evaluate.report import (
     best_baseline,
+    plot_history,
     plot_mean_deltas,
     plot_metric_per_condition,
     plot_moments,
@@ -530,7 +531,10 @@ def _write_figures(run: _Run, headline: str, rival: str) -> list[str]:
         shown[rival] = run.predictions[rival]
     keys = list(truth.conditions)[: run.config.evaluation.plot_conditions]
     plot_summary(run.per_condition, out / "summary.png")
-    figures = ["summary.png"]
+    history = run.model.history  # the training curve: loss.png beside history.csv
+    replace_atomically(out / "history.csv", lambda t: history.to_csv(t, index=False))
+    replace_atomically(out / "loss.png", lambda t: plot_history(history, t), suffix=".png")
+    figures = ["summary.png", "loss.png"]
     if rival != MODEL_NAME:
         plot_metric_per_condition(
             run.per_condition, headline, MODEL_NAME, rival, out / "per_condition.png"

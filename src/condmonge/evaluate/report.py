@@ -27,6 +27,7 @@ __all__ = [
     "HEADLINE_METRICS",
     "best_baseline",
     "metric_columns",
+    "plot_history",
     "plot_mean_deltas",
     "plot_metric_per_condition",
     "plot_moments",
@@ -310,3 +311,20 @@ def plot_pca(
             if i == 0 and j == 0:
                 ax.legend(fontsize=6, markerscale=2)
     return _save(fig, path)
+
+
+def plot_history(history: pd.DataFrame, path: Path) -> Path:
+    """Training and validation loss against step (``history`` as ``ConditionalMonge.history``)."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if len(history):
+        ax.plot(history["step"], history["loss"], label="training loss", lw=1)
+        if "val_loss" in history:
+            val = history.dropna(subset=["val_loss"])
+            ax.plot(val["step"], val["val_loss"], "o-", label="validation loss", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
