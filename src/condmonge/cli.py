@@ -496,7 +496,7 @@ def _score_files(paths, truth_path, given, train, backed, **options):
     observed = _read_for_evaluate(truth_path, backed, obs_keys, names)
     if train is not None:
         query = observed.to_memory() if backed else observed
-        fitted = baseline_predictions(_read_for_evaluate(train, False), query, cfg)
+        fitted = baseline_predictions(_read_for_evaluate(train, False, obs_keys, names), query, cfg)
         predictions |= fitted
         paths = paths | {name: f"baseline fitted on {train}" for name in fitted}
     table = score_predictions(predictions, observed, cfg, progress=sys.stderr.isatty(), **options)
