@@ -472,8 +472,13 @@ def _echo_coverage(table) -> None:
             typer.echo(f"{name}: {cov['n_genes_missing']} truth gene(s) missing, scored without")
 
 
-def _score_files(paths, truth_path, given, train, backed, **options):
-    """Read predictions and truth, add baselines fitted on ``train``, score them all."""
+def _score_files(paths, truth_path, given, train, backed, split_key, **options):  # noqa: PLR0913
+    """Read predictions and truth, add baselines fitted on ``train``, score them all.
+
+    With a split column (``split_key``: ``(column, given explicitly)``) the truth is its
+    ``test`` side and the baselines are fitted on the ``train`` side of ``train``.
+    """
+    from condmonge.cli_work import select_side
     from condmonge.config import DataConfig
     from condmonge.evaluate.scoring import baseline_predictions, score_predictions
 
@@ -494,9 +499,12 @@ def _score_files(paths, truth_path, given, train, backed, **options):
     first = next(iter(predictions.values()), None)
     names = None if first is None else [str(v) for v in first.var_names]
     observed = _read_for_evaluate(truth_path, backed, obs_keys, names)
+    if split_key[0] in observed.obs or split_key[1]:
+        observed = select_side(observed.to_memory() if backed else observed, *split_key, "test")
     if train is not None:
-        query = observed.to_memory() if backed else observed
-        fitted = baseline_predictions(_read_for_evaluate(train, False, obs_keys, names), query, cfg)
+        query = observed.to_memory() if observed.isbacked else observed
+        fit_on = select_side(_read_for_evaluate(train, False, obs_keys, names), *split_key, "train")
+        fitted = baseline_predictions(fit_on, query, cfg)
         predictions |= fitted
         paths = paths | {name: f"baseline fitted on {train}" for name in fitted}
     table = score_predictions(predictions, observed, cfg, progress=sys.stderr.isatty(), **options)
@@ -541,6 +549,14 @@ def evaluate(
     scatter: Annotated[
         Path | None, typer.Option(help="Per-condition scatter of top-DE mean deltas (.png).")
     ] = None,
+    split_key: Annotated[
+        str | None,
+        typer.Option(
+            help=SPLIT_KEY_HELP.format(
+                side="score TRUTH's 'test' cells, fit --baselines on --train's 'train' cells"
+            )
+        ),
+    ] = None,
 ) -> None:
     """Score any model's predictions against observed cells, side by side (docs/METRICS.md)."""
     import json
@@ -560,7 +576,7 @@ def evaluate(
                  "cell_type_key": cell_type_key,
                  "covariate_keys": tuple(covariate_key) if covariate_key else None}  # fmt: skip
         table, paths, _ = _score_files(
-            paths, truth_path, given, train if baselines else None, backed,
+            paths, truth_path, given, train if baselines else None, backed, _split_key(split_key),
             max_cells=max_cells, distributions=distributions,
             de_cache=DECache(de_method, de_cache),
         )  # fmt: skip
