@@ -236,4 +236,4 @@ def test_cli_train_predict_evaluate_on_a_protein_table(tmp_path, suffix):
     pd.DataFrame({"drug": [task.drugs[0]]}).to_csv(missing, index=False)
     done = _cli("predict", run, cells, "--query", missing, "--out", tmp_path / "p.csv")
     assert done.returncode == 2
-    assert done.stderr.startswith("error: the query table has no column 'time', a covariate")
+    assert done.stderr.startswith("error: query file") and "has no column 'time'" in done.stderr

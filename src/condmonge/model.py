@@ -141,6 +141,7 @@ class ConditionalMonge:
             adata, d.spec.obs_keys, required=[d.condition_key], features=d.features or None
         )
         self.trained = fit_map(adata, self.config, embeddings=embeddings, holdout=holdout, **run)
+        self.config = self.trained.config  # as trained: the detected modality is resolved
         self._transport = None
         return self
 

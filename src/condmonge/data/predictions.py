@@ -180,7 +180,9 @@ def _readable_names(obs: pd.DataFrame, spec: ConditionSpec) -> pd.Index:
     """``{condition}-{source cell}``, with the dose when needed to tell blocks apart."""
     names = obs[spec.condition_key].astype(str) + "-" + obs["source_obs_name"]
     if names.duplicated().any() and spec.dose_key:
-        dose = obs[spec.dose_key].map(lambda v: f"{v:g}" if isinstance(v, float) else str(v))
+        dose = obs[spec.dose_key].map(
+            lambda v: f"{v:g}" if isinstance(v, float | np.floating) else str(v)
+        )
         names = obs[spec.condition_key].astype(str) + "@" + dose + "-" + obs["source_obs_name"]
     # A condition queried twice (or covariates that differ) still gets unique names.
     return ad.utils.make_index_unique(pd.Index(names.to_numpy(), dtype=str))

@@ -293,8 +293,8 @@ def plot_pca(
         cond = truth.conditions[key]
         control, treated = sample(truth.control[cond.cell_type]), sample(truth.treated[key])
         both = np.concatenate([control, treated])
-        axes = principal_axes(both, 2)
-        mean, proj = axes.mean, axes.components
+        pcs = principal_axes(both, 2)
+        mean, proj = pcs.mean, pcs.components
         for j, (method, pred) in enumerate(predictions.items()):
             rows = (pred.obs["condition_id"].astype(str) == key).to_numpy()
             ax = axes[i, j]
