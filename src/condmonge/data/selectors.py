@@ -117,7 +117,7 @@ def _closest(selector: str, conditions: Sequence[Any], sep: str) -> str:
     lower = {f.lower(): f for f in sorted(forms)}  # case slips ('nk' for 'NK') rank first
     close = [lower[m] for m in difflib.get_close_matches(selector.lower(), lower, n=3, cutoff=0.3)]
     if not close:
-        close = sorted(forms, key=len)[:3]
+        close = sorted(forms, key=lambda f: (len(f), f))[:3]  # ties: by name, not set order
     return (
         f" (did you mean '{close[0]}'?); closest: "
         + ", ".join(repr(c) for c in close)
