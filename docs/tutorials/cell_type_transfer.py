@@ -43,6 +43,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from condmonge.conditions import reduce_embedding
+from condmonge.data.spec import ConditionSpec
 from condmonge.data.splits import make_split, split_summary
 from condmonge.evaluate import evaluate_prediction, make_baseline, summarize
 
@@ -78,7 +79,8 @@ pd.crosstab(adata.obs["cell_type"], adata.obs["condition"])
 # held-out type at rest and predicts its response from controls it never trained on.
 
 # %%
-make_split(adata, "cell_type", holdout=[held_out], cell_type_key="cell_type", seed=0)
+spec = ConditionSpec(cell_type_key="cell_type")  # what the obs columns mean
+make_split(adata, "cell_type", spec, holdout=[held_out], seed=0)
 train = adata[adata.obs["split"] == "train"].copy()
 test = adata[adata.obs["split"] == "test"].copy()
 split_summary(adata)
@@ -145,7 +147,7 @@ pred = model.predict(test, treated, cell_type=held_out)
 conditions = model.query_conditions(treated, cell_type=held_out)
 scores = [evaluate_prediction(pred, test, model.config.data, method="condmonge")]
 for name in ["identity", "mean_shift"]:
-    baseline = make_baseline(name).fit(train, "condition", "control", cell_type_key="cell_type")
+    baseline = make_baseline(name).fit(train, spec)
     scores.append(
         evaluate_prediction(
             baseline.predict(test, conditions), test, model.config.data, method=name

@@ -29,6 +29,7 @@ import condmonge as cm
 cm.use_cpu_cores()  # before any JAX array exists: one JAX device per core
 
 import pandas as pd
+from condmonge.data.spec import ConditionSpec
 from condmonge.data.splits import make_split, split_summary
 from condmonge.evaluate import evaluate_prediction, make_baseline, summarize
 
@@ -52,7 +53,8 @@ adata.obs.groupby("cell_type", observed=True)["condition"].agg(cells="size", con
 
 # %%
 holdout = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]
-make_split(adata, "combination", holdout=holdout, cell_type_key="cell_type", seed=0)
+spec = ConditionSpec(cell_type_key="cell_type")  # what the obs columns mean
+make_split(adata, "combination", spec, holdout=holdout, seed=0)
 train = adata[adata.obs["split"] == "train"].copy()
 test = adata[adata.obs["split"] == "test"].copy()
 split_summary(adata)
@@ -102,7 +104,7 @@ pred.obs[["condition", "cell_type", "condition_id", "source_index"]].head()
 conditions = model.query_conditions(holdout, cell_type="k562")
 scores = [evaluate_prediction(pred, test, model.config.data, method="condmonge")]
 for name in ["identity", "mean_shift", "additive"]:
-    baseline = make_baseline(name).fit(train, "condition", "control", cell_type_key="cell_type")
+    baseline = make_baseline(name).fit(train, spec)
     scores.append(
         evaluate_prediction(
             baseline.predict(test, conditions), test, model.config.data, method=name

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from condmonge.conditions import read_smiles_table, smiles_embedding
+from condmonge.data.spec import ConditionSpec
 from condmonge.data.splits import make_split, split_summary
 from condmonge.evaluate import evaluate_prediction, make_baseline, summarize
 
@@ -90,9 +91,8 @@ adata.obs.head()
 # %%
 unseen = task.drugs[-4:]
 print("unseen drugs:", unseen)
-make_split(
-    adata, "perturbation", holdout=unseen, dose_key="dose", cell_type_key="cell_type", seed=0
-)
+spec = ConditionSpec(dose_key="dose", cell_type_key="cell_type")  # what the obs columns mean
+make_split(adata, "perturbation", spec, holdout=unseen, seed=0)
 train = adata[adata.obs["split"] == "train"].copy()
 test = adata[adata.obs["split"] == "test"].copy()
 split_summary(adata)
@@ -178,14 +178,7 @@ scores = [
     evaluate_prediction(pred, test, cfg, method="condmonge", true_map=true_map, sources=sources)
 ]
 for name in ["identity", "mean_shift", "linear"]:
-    baseline = make_baseline(name).fit(
-        train,
-        "condition",
-        "control",
-        dose_key="dose",
-        cell_type_key="cell_type",
-        embeddings={"condition": table},
-    )
+    baseline = make_baseline(name).fit(train, spec, embeddings={"condition": table})
     scores.append(
         evaluate_prediction(
             baseline.predict(test, conditions),
