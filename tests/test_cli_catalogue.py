@@ -104,7 +104,7 @@ CASES = [
          "Invalid value for '--n-pca'", True),
     Case("max-cells-zero", "usage", "`evaluate --max-cells 0`",
          "evaluate {data} {data} --out {tmp}/m.json --max-cells 0",
-         "Invalid value for '--max-cells'", True),
+         "--max-cells must be at least 2", True),
     Case("missing-out", "usage", "a required option left out (`--out`)",
          "train {data} --condition-key condition", "Missing option '--out'", True),
     Case("unknown-command", "usage", "an unknown command", "trian {data}",

@@ -536,7 +536,7 @@ def evaluate(
     ] = False,
     train: Annotated[Path | None, typer.Option(help="Training cells for --baselines.")] = None,
     max_cells: Annotated[
-        int, typer.Option(min=2, help="Cells per condition for DE and distribution metrics.")
+        int, typer.Option(help="Cells per condition for DE and distribution metrics.")
     ] = 500,
     de_method: Annotated[str, typer.Option(help="scanpy rank_genes_groups method.")] = "wilcoxon",
     de_cache: Annotated[Path | None, typer.Option(help="Directory caching DE results.")] = None,
