@@ -23,14 +23,15 @@ from condmonge.conditions.query import check_request
 from condmonge.conditions.smiles import parse_smiles_spec
 from condmonge.conditions.spec import parse_covariate
 from condmonge.config import Config, DataConfig, load_config
-from condmonge.data.spec import ConditionSpec
+from condmonge.data.prepare import label_cells
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.data.splits import SplitPlan, make_split, split_summary
 from condmonge.data.tables import TABLE_SUFFIXES, read_cells, write_cells
 from condmonge.data.tables import read_query as read_query_table
 from condmonge.demo import run_demo
 from condmonge.errors import DataError, suggest
 from condmonge.evaluate.experiment import load_experiment_config, run_experiment
-from condmonge.evaluate.report import plot_history, to_markdown
+from condmonge.evaluate.report import plot_history, to_markdown, validation_line
 from condmonge.files import replace_atomically
 from condmonge.model import ConditionalMonge
 
@@ -45,6 +46,7 @@ __all__ = [
     "show_warnings_plainly",
     "split",
     "train",
+    "validation_line",
 ]
 
 _log = logging.getLogger("condmonge")
@@ -161,11 +163,27 @@ def train(  # noqa: PLR0913  the parsed flags of one command
     if adata.n_vars == 0 and spec.use_rep is None:
         raise DataError(f"'{data}' has no genes (adata.n_vars == 0); train on a matrix with genes")
     model = ConditionalMonge(cfg).fit(
-        adata, spec=spec, embeddings=tables, checkpoint_dir=out, **fit_args
+        adata,
+        spec=spec,
+        embeddings=tables,
+        checkpoint_dir=out,
+        test_conditions=split_test_conditions(cells, split_key[0], spec),
+        **fit_args,
     )
     model.save(out)
     write_history(model.history, out)
     return model
+
+
+def split_test_conditions(cells: ad.AnnData, column: str, spec: ConditionSpec) -> list[Condition]:
+    """The treated conditions of the split column's 'test' side (none without the column).
+
+    They decide the kind of condition-level validation (``data.validation_kind: auto``).
+    """
+    if column not in cells.obs:
+        return []
+    test = cells[cells.obs[column].astype(str).to_numpy() == "test"]
+    return label_cells(test, spec).conditions if test.n_obs else []
 
 
 def covariate_overrides(items: Sequence[str]) -> dict[str, Any]:
