@@ -201,6 +201,11 @@ class TrainConfig(_Strict):
     patience: int | None = Field(default=10, gt=0, description="evaluations without improvement")
     checkpoint_every: int = Field(default=500, gt=0)
     seed: int = 0
+    n_members: int = Field(
+        default=1,
+        ge=1,
+        description="ensemble size: members trained in sequence with seeds seed, seed+1, ...",
+    )
     progress: bool = True
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32",
