@@ -351,8 +351,8 @@ class ConditionalMonge:
         how = DEFAULT_ENSEMBLE if ensemble is None else ensemble
         if how not in ENSEMBLE_MODES:
             raise ConfigError(
-                f"predict(ensemble={ensemble!r}) is not a way to combine members; use one of "
-                f"{', '.join(ENSEMBLE_MODES)}"
+                f"ensemble {ensemble!r} (predict's ensemble=, the CLI's --members) is "
+                f"unknown; use one of {', '.join(ENSEMBLE_MODES)}"
             )
         return how
 
