@@ -14,8 +14,9 @@ are predicted with ``ensemble="mean"`` and ``"mixture"`` and by member 0 alone (
 model). Per condition the errors are L2-UVP (% of target variance left unexplained against the
 true map), ``1 - r2_delta_all`` and the energy distance. The JSON line reports, per way of
 combining, the mean of r2_delta_top20, energy_distance, r2_var and l2_uvp, and the Spearman
-rank correlation over held-out conditions between each error and ``uncertainty`` and
-``ood_score``. About 5 minutes on 2 shared cores with the defaults.
+rank correlation over held-out conditions between each error and ``uncertainty`` (the members'
+spread relative to the predicted displacement), ``member_spread`` (the same spread in feature
+units) and ``ood_score``. About 5 minutes on 2 shared cores with the defaults.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ NAME = "uncertainty"
 SMILES = "drug_metadata/trapnell_drugs_smiles.csv"
 METRICS = ["r2_delta_top20", "energy_distance", "r2_var", "l2_uvp"]
 ERRORS = ["l2_uvp", "one_minus_r2_delta_all", "energy_distance"]
+SIGNALS = ("uncertainty", "member_spread", "ood_score")
 
 
 def arguments() -> argparse.Namespace:
@@ -111,7 +113,7 @@ def score(model, task, test, how: str | None) -> pd.DataFrame:
 
     rows = evaluate_prediction(pred, truth, model.spec, max_cells=200, true_map=true_map, sources=x)
     per = pred.uns["condmonge"]["per_condition"]
-    rows = rows.join(per[["uncertainty", "ood_score"]])
+    rows = rows.join(per[list(SIGNALS)])
     rows["one_minus_r2_delta_all"] = 1.0 - rows["r2_delta_all"]
     return rows
 
@@ -119,7 +121,7 @@ def score(model, task, test, how: str | None) -> pd.DataFrame:
 def summary(rows: pd.DataFrame) -> dict:
     """Means of the metrics and the rank correlations of the scores with the errors."""
     out = {m: round(float(rows[m].mean()), 4) for m in METRICS}
-    for signal in ("uncertainty", "ood_score"):
+    for signal in SIGNALS:
         out[f"spearman_{signal}"] = {
             e: spearman(rows[signal].to_numpy(), rows[e].to_numpy()) for e in ERRORS
         }

@@ -1,5 +1,9 @@
 """Ensembles: one member is the single model bit for bit; members' spread and OOD score."""
 
+import subprocess
+import sys
+
+import anndata as ad
 import jax
 import numpy as np
 import pytest
@@ -68,7 +72,10 @@ def test_members_differ_and_the_mean_is_their_mean_displacement(data, pair):
     assert [m.config.train.seed for m in pair.members] == [0, 1]
     first, second = (leaves(m.params) for m in pair.members)
     assert any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    traces = pair.predict_traces
     pred = pair.predict(data, QUERY, ensemble="mean")
+    pair.predict(data, QUERY[::-1], ensemble="mixture")  # same block shapes
+    assert pair.predict_traces - traces <= 1  # members x conditions: one traced apply
     singles = []
     for member in pair.members:
         one = cm.ConditionalMonge(member.config)
@@ -82,7 +89,7 @@ def test_uncertainty_and_ood_score_are_in_the_prediction(data, pair):
     assert pred.uns["condmonge"]["ensemble"]["n_members"] == 2
     table = pred.uns["condmonge"]["per_condition"]
     assert list(table.index) == ["A|dose=1", "B|dose=1", "A+B|dose=1+1"]
-    for column in ("uncertainty", "ood_score"):
+    for column in ("uncertainty", "member_spread", "ood_score"):
         values = pred.obs[column].to_numpy()
         assert np.isfinite(values).all()
         by_block = pred.obs.groupby("condition_id", observed=True)[column].first()
@@ -100,6 +107,7 @@ def test_member_spread_formula():
     mapped = np.zeros((2, 1, 2, 3), np.float32)
     mapped[0, 0, :, 0], mapped[1, 0, :, 0] = 1.0, 3.0
     np.testing.assert_allclose(member_spread(mapped, x), [0.5])
+    np.testing.assert_allclose(member_spread(mapped, x, relative=False), [1.0])
     np.testing.assert_allclose(combine_members(mapped, "mean")[0, :, 0], [2.0, 2.0])
     draws = np.array([[1, 0]])
     np.testing.assert_array_equal(combine_members(mapped, "mixture", draws)[0, :, 0], [3.0, 1.0])
@@ -139,3 +147,35 @@ def test_save_load_round_trip_predicts_the_same(data, pair, tmp_path):
     (tmp_path / "run" / "members" / "1" / ckpt.CHECKPOINT_NAME).unlink()
     with pytest.raises(CheckpointError, match="ensemble of 2 members"):
         cm.ConditionalMonge.load(tmp_path / "run")
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "condmonge.cli", *map(str, args)], capture_output=True, text=True
+    )
+
+
+@pytest.mark.slow
+def test_cli_trains_members_and_predicts_their_mixture(data, tmp_path):
+    data.write_h5ad(tmp_path / "data.h5ad")
+    config = tiny_config(**{"train.steps": 6})
+    config.to_yaml(tmp_path / "config.yaml")
+    common = ["--condition-key", "condition", "--control", "control"]
+    result = run_cli(
+        "train", tmp_path / "data.h5ad", "--out", tmp_path / "run", "--config",
+        tmp_path / "config.yaml", *common, "--holdout", "A+B", "--members", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "members" / "1" / ckpt.CHECKPOINT_NAME).is_file()
+    out = tmp_path / "pred.h5ad"
+    args = ["predict", tmp_path / "run", tmp_path / "data.h5ad", "--out", out]
+    result = run_cli(*args, "--conditions", "A,A+B", "--members", "mixture")
+    assert result.returncode == 0, result.stderr
+    pred = ad.read_h5ad(out)
+    assert pred.uns["condmonge"]["ensemble"]["combine"] == "mixture"
+    assert np.isfinite(pred.obs[["uncertainty", "ood_score"]].to_numpy()).all()
+    table = pred.uns["condmonge"]["per_condition"]
+    assert list(table.index) == ["A|dose=1", "A+B|dose=1+1"]
+    bad = run_cli(*args, "--members", "median")
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1
+    assert "unknown; use one of mean, mixture" in bad.stderr

@@ -292,7 +292,7 @@ def predict(
         str | None,
         typer.Option(
             help="How an ensemble's members make one prediction: mean (their mean "
-            "displacement, the default) or mixture (each cell from one member, seeded)."
+            "displacement) or mixture (each cell from one member, seeded; the default)."
         ),
     ] = None,
 ) -> None:

@@ -196,7 +196,7 @@ def combine_members(mapped: np.ndarray, how: str, draws: np.ndarray | None = Non
     return mapped[draws, np.arange(k)[:, None], np.arange(n)[None, :]]
 
 
-def member_spread(mapped: np.ndarray, x: np.ndarray) -> np.ndarray:
+def member_spread(mapped: np.ndarray, x: np.ndarray, *, relative: bool = True) -> np.ndarray:
     r"""Per-condition disagreement of the members, relative to the size of the effect: ``[k]``.
 
     With displacements :math:`\delta_{m,i} = T_m(x_i) - x_i` and their mean over members
@@ -208,14 +208,18 @@ def member_spread(mapped: np.ndarray, x: np.ndarray) -> np.ndarray:
 
     the mean over cells of the per-cell standard deviation of the member displacements (the
     root of its trace), divided by the mean norm of the ensemble displacement. 0 when the
-    members agree; about 1 when they disagree as much as the predicted effect is large.
+    members agree; about 1 when they disagree as much as the predicted effect is large. With
+    ``relative=False``, the numerator alone (in feature units).
 
     Args:
       mapped: ``[M, k, n, d]`` the members' predicted cells (in the output space).
       x: ``[n, d]`` the source cells.
+      relative: divide by the mean norm of the ensemble displacement.
     """
     delta = mapped - x[None, None]
     mean = delta.mean(axis=0)
     spread = np.sqrt(((delta - mean[None]) ** 2).sum(axis=-1).mean(axis=0))  # [k, n]
+    if not relative:
+        return spread.mean(axis=-1).astype(np.float64)
     size = np.linalg.norm(mean, axis=-1).mean(axis=-1)  # [k]
     return (spread.mean(axis=-1) / np.maximum(size, np.finfo(np.float32).tiny)).astype(np.float64)
