@@ -225,6 +225,7 @@ def test_resume_with_condition_validation_is_bitwise(combo_data, tmp_path, monke
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
     def timeless(history):  # steps/s is a clock reading
         return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in history]
 

@@ -189,6 +189,14 @@ def train(
     seed: Annotated[
         int | None, typer.Option(min=0, max=2**32 - 1, help="Random seed (0 to 2^32-1).")
     ] = None,
+    members: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Ensemble size: train this many maps (seeds SEED, SEED+1, ...); predictions "
+            "then carry a per-condition uncertainty.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(help="YAML with every hyperparameter (`condmonge config` prints one)."),
@@ -233,6 +241,7 @@ def train(
                 "data.n_pca": n_pca,
                 "data.validation": validation,
                 "data.validation_kind": validation_kind,
+                "train.n_members": members,
                 "data.use_rep": use_rep,
                 "data.modality": modality,
                 "data.features": tuple(parse_items(features, "--features") or []) or None,
@@ -296,6 +305,13 @@ def predict(
             )
         ),
     ] = None,
+    members: Annotated[
+        str | None,
+        typer.Option(
+            help="How an ensemble's members make one prediction: mean (their mean "
+            "displacement) or mixture (each cell from one member, seeded; the default)."
+        ),
+    ] = None,
 ) -> None:
     """Push the control cells of DATA through the trained map; write predictions as AnnData."""
     check_output_file(out, "--out", CELL_SUFFIXES)
@@ -308,6 +324,7 @@ def predict(
             "query": query,
             "dose": dose,
             "cell_type": cell_type,
+            "ensemble": members,
         },
         _split_key(split_key),
     )

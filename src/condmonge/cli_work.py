@@ -272,7 +272,7 @@ def predict(
     Args:
       run_dir, data, out: the run directory, the query ``.h5ad`` and the output ``.h5ad``.
       request: ``conditions`` (labels or ``None``), ``query`` (a CSV path or ``None``),
-        ``dose``, ``cell_type`` (flags or ``None``).
+        ``dose``, ``cell_type``, ``ensemble`` (flags or ``None``).
       split_key: ``(column, given explicitly)``: predict from the test side's controls.
     """
     conditions, query = request["conditions"], request["query"]
@@ -293,7 +293,8 @@ def predict(
         wanted = labels
     elif adata is not full and d.condition_key in adata.obs:
         wanted = test_side_query(adata, d)
-    pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type)
+    ensemble = request.get("ensemble")
+    pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type, ensemble=ensemble)
     write_cells(pred, out)
     return pred
 

@@ -234,6 +234,11 @@ class LossConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation, sampling and early stopping."""
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the validation split: ``split_seed``, or ``seed`` when it is unset."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     steps: int = Field(default=2000, gt=0)
     conditions_per_step: int = Field(default=8, gt=0)
     cells_per_condition: int = Field(default=256, gt=1)
@@ -246,6 +251,16 @@ class TrainConfig(_Strict):
     patience: int | None = Field(default=10, gt=0, description="evaluations without improvement")
     checkpoint_every: int = Field(default=500, gt=0)
     seed: int = 0
+    split_seed: int | None = Field(
+        default=None,
+        description="seed of the validation split (which conditions and cells are held back); "
+        "None: train.seed. The members of an ensemble share their first member's split",
+    )
+    n_members: int = Field(
+        default=1,
+        ge=1,
+        description="ensemble size: members trained in sequence with seeds seed, seed+1, ...",
+    )
     progress: bool = True
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32",

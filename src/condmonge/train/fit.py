@@ -197,7 +197,7 @@ def _prepare(
         if projection is not None:
             features = projection.encode(features)
     train_pools, val_pools = build_pools(
-        features, cells, train_ids, d.validation_fraction, config.train.seed, val_ids or None
+        features, cells, train_ids, d.validation_fraction, config.train.data_seed, val_ids or None
     )
     all_train = [cells.conditions[i] for i in sorted(train_ids + val_ids)]
     return _Prepared(
@@ -258,7 +258,7 @@ def _choose_validation(
         mode=d.validation,
         kind=d.validation_kind,
         share=d.validation_conditions,
-        seed=config.train.seed,
+        seed=config.train.data_seed,
     )
     val_ids = [train_ids[j] for j in plan.condition_ids]
     if val_ids:
