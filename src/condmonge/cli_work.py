@@ -16,6 +16,7 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import optuna
 import pandas as pd
 
 from condmonge.conditions.encoders import read_table
@@ -32,6 +33,8 @@ from condmonge.evaluate.experiment import load_experiment_config, run_experiment
 from condmonge.evaluate.report import plot_history, to_markdown
 from condmonge.files import replace_atomically
 from condmonge.model import ConditionalMonge
+from condmonge.tuning import TuneResult, load_space
+from condmonge.tuning import tune as run_tuning
 
 __all__ = [
     "demo",
@@ -44,6 +47,7 @@ __all__ = [
     "show_warnings_plainly",
     "split",
     "train",
+    "tune",
 ]
 
 _log = logging.getLogger("condmonge")
@@ -147,8 +151,31 @@ def train(  # noqa: PLR0913  the parsed flags of one command
         left out).
       covariates: the ``--covariate-key KEY[:TRANSFORM[:NEUTRAL]]`` specs.
     """
+    cfg, spec, tables, adata = read_training(
+        data, fit_args, config, embedding, split_key, overrides | covariate_overrides(covariates)
+    )
+    model = ConditionalMonge(cfg).fit(
+        adata, spec=spec, embeddings=tables, checkpoint_dir=out, **fit_args
+    )
+    model.save(out)
+    write_history(model.history, out)
+    return model
+
+
+def read_training(  # noqa: PLR0913  the parsed flags of one command
+    data: Path,
+    fit_args: dict[str, Any],
+    config: Path | None,
+    embedding: Sequence[str],
+    split_key: tuple[str, bool],
+    overrides: dict[str, Any],
+) -> tuple[Config, ConditionSpec, dict[str, Any], ad.AnnData]:
+    """The config, spec, embeddings and training cells of ``train`` and ``tune``.
+
+    Pops the spec flags (``condition_key``, ``control``, ``dose_key``, ``cell_type_key``)
+    from ``fit_args``; the other arguments are those of :func:`train`.
+    """
     cfg = load_config(config) if config is not None else Config()
-    overrides = overrides | covariate_overrides(covariates)
     cfg = cfg.updated({k: v for k, v in overrides.items() if v is not None})
     names = ("condition_key", "control", "dose_key", "cell_type_key")
     spec = cfg.data.spec.updated(**{k: fit_args.pop(k) for k in names})
@@ -159,12 +186,48 @@ def train(  # noqa: PLR0913  the parsed flags of one command
     adata = select_side(cells, *split_key, "train")
     if adata.n_vars == 0 and spec.use_rep is None:
         raise DataError(f"'{data}' has no genes (adata.n_vars == 0); train on a matrix with genes")
-    model = ConditionalMonge(cfg).fit(
-        adata, spec=spec, embeddings=tables, checkpoint_dir=out, **fit_args
+    return cfg, spec, tables, adata
+
+
+def tune(  # noqa: PLR0913  the parsed flags of one command
+    data: Path,
+    out: Path,
+    fit_args: dict[str, Any],
+    search: dict[str, Any],
+    *,
+    config: Path | None,
+    embedding: Sequence[str],
+    split_key: tuple[str, bool],
+    overrides: dict[str, Any],
+    covariates: Sequence[str] = (),
+) -> TuneResult:
+    """Read the training side as ``train`` does and run :func:`condmonge.tuning.tune` in ``out``.
+
+    Args:
+      data, out, config, embedding, split_key, overrides, covariates: as for :func:`train`.
+      fit_args: the spec flags, ``holdout`` and ``seed`` (``None``: the config's).
+      search: ``space`` (a YAML path or ``None``), ``n_trials``, ``study_name``, ``timeout``.
+    """
+    space = load_space(search["space"]) if search["space"] is not None else None  # before data
+    cfg, spec, tables, adata = read_training(
+        data, fit_args, config, embedding, split_key, overrides | covariate_overrides(covariates)
     )
-    model.save(out)
-    write_history(model.history, out)
-    return model
+    cfg = cfg.updated({f"data.{k}": v for k, v in spec.to_dict().items()})
+    seed = fit_args["seed"] if fit_args["seed"] is not None else cfg.train.seed
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar tells the trials
+    return run_tuning(
+        adata,
+        cfg,
+        space,
+        search["n_trials"],
+        storage_dir=out,
+        study_name=search["study_name"],
+        holdout=fit_args["holdout"],
+        embeddings=tables,
+        seed=seed,
+        timeout=search["timeout"],
+        progress=cfg.train.progress,
+    )
 
 
 def covariate_overrides(items: Sequence[str]) -> dict[str, Any]:

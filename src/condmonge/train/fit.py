@@ -9,7 +9,7 @@ checkpoints.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -76,6 +76,7 @@ def fit_map(
     holdout: Sequence[str] = (),
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> TrainedMap:
     """Train the conditional map of ``config`` on ``adata``.
 
@@ -88,6 +89,8 @@ def fit_map(
       holdout: condition labels (``"A+B"``) or keys kept out of training.
       checkpoint_dir: where to write checkpoints during training (``None``: nowhere).
       resume: continue from the checkpoint in ``checkpoint_dir`` if it exists.
+      on_validation: called as ``on_validation(step, value)`` after each validation (e.g. by
+        :mod:`condmonge.tuning` to prune a trial); an exception it raises stops training.
 
     Returns:
       The trained map; its ``params`` are those with the best validation loss.
@@ -123,7 +126,8 @@ def fit_map(
         if resume and path.exists():
             state, loop = restore_training(path, trained, state)
         checkpoint_fn = _checkpointer(Path(checkpoint_dir), trained)
-    state, loop = _run(trained, optimizer, state, loop, data, encoded, checkpoint_fn)
+    hooks = (checkpoint_fn, on_validation)
+    state, loop = _run(trained, optimizer, state, loop, data, encoded, hooks)
     return replace(
         trained, params=loop.best_params, constants=state.constants, state=state, loop=loop
     )
@@ -237,7 +241,7 @@ def _checkpointer(directory: Path, trained: TrainedMap):
     return checkpoint_fn
 
 
-def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_fn):
+def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
     """Compile the step and the validation, place the arrays, and run the training loop."""
     cfg = trained.config
 
@@ -263,7 +267,7 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_f
     if cfg.train.patience and loop.evals_since_best >= cfg.train.patience:
         cfg_train = cfg.train.model_copy(update={"steps": int(state.step)})
     names = [c.key(cfg.data.combination_sep) for c in trained.conditions]
-    parts = LoopParts(step_fn, eval_fn, train_pools, val_pools, encoded, names, checkpoint_fn)
+    parts = LoopParts(step_fn, eval_fn, train_pools, val_pools, encoded, names, *hooks)
     return train_loop(state, loop, parts, cfg_train)
 
 

@@ -296,6 +296,8 @@ class LoopParts:
       conditions: the ``K`` encoded training conditions.
       condition_names: ``[K]`` readable names, for messages.
       checkpoint_fn: ``save(state, loop)``, or ``None`` to write no checkpoints.
+      on_validation: ``callback(step, value)`` after each validation (e.g. to report to a
+        hyperparameter search, which may stop training by raising), or ``None``.
     """
 
     step_fn: Callable
@@ -305,6 +307,7 @@ class LoopParts:
     conditions: EncodedConditions
     condition_names: Sequence[str]
     checkpoint_fn: Callable[[TrainState, TrainLoopState], None] | None = None
+    on_validation: Callable[[int, float], None] | None = None
 
     def checkpoint(self, state: TrainState, loop: TrainLoopState) -> None:
         """Save, when there is somewhere to save to."""
@@ -423,6 +426,8 @@ def _log_step(step, states, loop, metrics, parts: LoopParts, log: _Log):
             )
         else:
             loop = loop.replace(evals_since_best=loop.evals_since_best + 1)
+        if parts.on_validation is not None:
+            parts.on_validation(step, val)
     loop.history.append(record)
     stop = validating and bool(cfg.patience) and loop.evals_since_best >= cfg.patience
     if stop:
