@@ -436,8 +436,8 @@ def _best_yaml_text(study: optuna.Study, config: Config, holdout: Sequence[str])
     header = [
         f"# condmonge tune: best of {_n_finished(study)} finished trials of study "
         f"'{study.study_name}': trial {best.number}, validation value {best.value:.6g}",
-        "# (validation conditions carved from the training data; the held-out conditions were "
-        "never seen).",
+        "# (scored on the validation set fit carves out of the training data; the held-out "
+        "conditions were never seen)",
         f"# reproduce: condmonge train DATA --config best.yaml{held} --out RUN "
         "(with tune's other data options)",
     ]
