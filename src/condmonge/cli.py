@@ -184,6 +184,23 @@ def _check_data_options(config: Path | None, condition_key: str | None, control:
         raise DataError(f"--config '{config}' does not exist")
 
 
+def _spec_flags(
+    condition_key: str | None,
+    control: str | None,
+    dose_key: str | None,
+    cell_type_key: str | None,
+    holdout: list[str] | None,
+) -> dict[str, Any]:
+    """The spec flags (``None``: keep the config's) and the parsed ``--holdout`` labels."""
+    return {
+        "condition_key": condition_key,
+        "control": control,
+        "dose_key": dose_key,
+        "cell_type_key": cell_type_key,
+        "holdout": parse_items(holdout, "--holdout") or [],
+    }
+
+
 def _data_overrides(
     n_pca: int | None, use_rep: str | None, modality: str | None, features: str | None
 ) -> dict[str, Any]:
@@ -229,16 +246,8 @@ def train(
     """
     check_run_dir(out, resume=resume, overwrite=overwrite)
     _check_data_options(config, condition_key, control)
-    fit_args = {
-        "condition_key": condition_key,
-        "control": control,
-        "dose_key": dose_key,
-        "cell_type_key": cell_type_key,
-        "holdout": parse_items(holdout, "--holdout") or [],
-        "steps": steps,
-        "seed": seed,
-        "resume": resume,
-    }
+    fit_args = _spec_flags(condition_key, control, dose_key, cell_type_key, holdout)
+    fit_args |= {"steps": steps, "seed": seed, "resume": resume}
     had_checkpoint = (out / "model.safetensors").exists()
     try:
         model = start().train(
@@ -260,27 +269,34 @@ def train(
     )
 
 
+_TuneOutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out", help="Run directory: study.db (resumable), best.yaml, trials.csv, tune.png."
+    ),
+]
+_TrialsOpt = Annotated[
+    int, typer.Option(min=1, help="Finished trials wanted in the study (earlier runs' count too).")
+]
+_SpaceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="YAML of the search space: section.key: {low, high, log, step} or {choices}; "
+        "replaces those keys' defaults (null drops one)."
+    ),
+]
+_TimeoutOpt = Annotated[
+    float | None, typer.Option(min=0, help="Start no trial after this many seconds.")
+]
+
+
 @app.command()
 @_one_line_errors
 def tune(
     data: DataArg,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out", help="Run directory: study.db (resumable), best.yaml, trials.csv, tune.png."
-        ),
-    ],
-    trials: Annotated[
-        int,
-        typer.Option(min=1, help="Finished trials wanted in the study (earlier runs' count too)."),
-    ] = 20,
-    space: Annotated[
-        Path | None,
-        typer.Option(
-            help="YAML of the search space: section.key: {low, high, log, step} or {choices}; "
-            "replaces those keys' defaults (null drops one)."
-        ),
-    ] = None,
+    out: _TuneOutOpt,
+    trials: _TrialsOpt = 20,
+    space: _SpaceOpt = None,
     condition_key: ConditionKeyOpt = None,
     control: ControlOpt = None,
     dose_key: DoseKeyOpt = None,
@@ -296,9 +312,7 @@ def tune(
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     study_name: Annotated[str, typer.Option(help="Study name inside study.db.")] = "condmonge",
-    timeout: Annotated[
-        float | None, typer.Option(min=0, help="Start no trial after this many seconds.")
-    ] = None,
+    timeout: _TimeoutOpt = None,
 ) -> None:
     """Search hyperparameters (Optuna TPE, median pruning) on validation conditions.
 
@@ -309,14 +323,8 @@ def tune(
     """
     check_run_dir(out, resume=True, overwrite=False)
     _check_data_options(config, condition_key, control)
-    fit_args = {
-        "condition_key": condition_key,
-        "control": control,
-        "dose_key": dose_key,
-        "cell_type_key": cell_type_key,
-        "holdout": parse_items(holdout, "--holdout") or [],
-        "seed": seed,
-    }
+    fit_args = _spec_flags(condition_key, control, dose_key, cell_type_key, holdout)
+    fit_args["seed"] = seed
     search = {"space": space, "n_trials": trials, "study_name": study_name, "timeout": timeout}
     try:
         result = start().tune(
