@@ -187,6 +187,37 @@ def test_running_trial_of_a_dead_process_is_failed(tmp_path):
     assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}
 
 
+WORKER = """
+import os, sys, time
+import optuna
+from condmonge import tuning
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = tuning.open_study(sys.argv[1], "shared", seed=int(sys.argv[2]))
+open(os.path.join(sys.argv[1], f"ready{sys.argv[2]}"), "w").close()
+while len([f for f in os.listdir(sys.argv[1]) if f.startswith("ready")]) < 2:
+    time.sleep(0.05)  # start together, whatever the import times
+def objective(trial):
+    trial.set_user_attr("pid", os.getpid())
+    time.sleep(0.1)
+    return trial.suggest_float("x", 0.0, 1.0)
+tuning._search(study, objective, n_trials=8, timeout=None, progress=False)
+"""
+
+
+@pytest.mark.slow  # two processes import condmonge (JAX): slow on a loaded machine
+def test_processes_share_one_study_and_its_budget(tmp_path):
+    workers = [
+        subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), str(seed)])
+        for seed in (0, 1)
+    ]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/study.db")
+    states = [t.state for t in study.trials]
+    # Each worker stops once the study holds 8 finished trials (the other may finish a last one).
+    assert 8 <= states.count(TrialState.COMPLETE) <= 9 and TrialState.FAIL not in states
+    assert {t.user_attrs["pid"] for t in study.trials} == {w.pid for w in workers}
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
