@@ -13,9 +13,9 @@ data, so no setting is ever chosen on the test conditions.
 
 The study lives in SQLite, ``RUN_DIR/study.db``: a run killed at any point continues where it
 stopped when started again (finished trials are kept; a trial left running by a dead process
-is marked failed and run again), and several processes, on one host or several that share
-the directory, can work on one study at once. The budget ``n_trials`` counts finished trials
-(complete or pruned) of the whole study.
+is marked failed and a new one takes its place), and several processes, on one host or
+several that share the directory, can work on one study at once. The budget ``n_trials``
+counts finished trials (complete or pruned) of the whole study.
 
 Outputs in ``RUN_DIR``: ``best.yaml`` (a full config; ``condmonge train --config best.yaml``
 with the same data options retrains the best trial), ``trials.csv`` and ``tune.png``.
@@ -312,7 +312,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Mark failed the running trials whose process, on this host, no longer exists.
 
     A process killed mid-trial leaves its trial ``RUNNING``; it is not counted in the budget
-    and is run again. (Trials of other hosts are failed by Optuna's heartbeat check.)
+    and a new trial takes its place. (Trials of other hosts are failed by Optuna's heartbeat
+    check, after its grace period.)
 
     Returns:
       The numbers of the trials marked failed.
