@@ -174,6 +174,15 @@ def test_resumed_study_does_not_redraw_the_first_settings(tmp_path):
     assert params[2] not in params[:2]
 
 
+def test_outputs_of_a_study_without_a_complete_trial(tmp_path):
+    study = tuning.open_study(tmp_path, "condmonge", 0)
+    assert tuning.trials_table(study).empty
+    tuning.plot_trials(tuning.trials_table(study), tmp_path / "empty.png")
+    study.tell(study.ask(), state=TrialState.PRUNED)
+    with pytest.raises(cm.errors.TrainingError, match="no trial of study 'condmonge' completed"):
+        tuning.best_config(study, cm.Config())
+
+
 def test_running_trial_of_a_dead_process_is_failed(tmp_path):
     study = tuning.open_study(tmp_path, "condmonge", 0)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

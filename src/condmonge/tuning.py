@@ -410,7 +410,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         rows.append({"number": t.number, "state": t.state.name, "value": value,
                      "duration_s": duration, "best_step": t.user_attrs.get("best_step"),
                      **t.params})  # fmt: skip
-    return pd.DataFrame(rows)
+    columns = ["number", "state", "value", "duration_s", "best_step"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
 
 def plot_trials(table: pd.DataFrame, path: Path) -> Path:
