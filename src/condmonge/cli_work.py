@@ -214,7 +214,8 @@ def tune(  # noqa: PLR0913  the parsed flags of one command
     )
     cfg = cfg.updated({f"data.{k}": v for k, v in spec.to_dict().items()})
     seed = fit_args["seed"] if fit_args["seed"] is not None else cfg.train.seed
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar tells the trials
+    # The progress bar tells the trials; errors are one line (Optuna would log tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return run_tuning(
         adata,
         cfg,

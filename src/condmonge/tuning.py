@@ -535,6 +535,7 @@ def tune(  # noqa: PLR0913  the options of one search
     """
     out = Path(storage_dir)
     base = config.updated({"train.seed": seed})
+    base.data.spec.validate(adata, require_treated=True)  # a wrong key fails before any trial
     rep = base.data.use_rep
     n_features = adata.n_vars if rep is None else adata.obsm[rep].shape[1]
     searched = build_space(base, n_features, space)
