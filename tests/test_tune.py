@@ -122,6 +122,18 @@ def test_cli_space_error_is_one_line_before_any_data_is_read(tmp_path):
     assert not (tmp_path / "run" / "study.db").exists()
 
 
+def test_cli_wrong_condition_key_fails_before_the_study_opens(files, tmp_path):
+    args = ["tune", str(files / "data.h5ad"), "--out", str(tmp_path / "run"),
+            "--condition-key", "drug", "--control", "control"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: adata.obs has no column 'drug'; set condition_key (--condition-key) to one of: "
+        "condition"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_space_defaults_overrides_and_pca_for_wide_inputs():
     base = cm.Config()
     narrow = tuning.build_space(base, n_features=50)
