@@ -149,11 +149,25 @@ TrainSplitKeyOpt = Annotated[
     str | None, typer.Option(help=SPLIT_KEY_HELP.format(side="train on its 'train' cells"))
 ]
 NPcaOpt = Annotated[
-    int | None,
+    str | None,
     typer.Option(
-        min=1,
-        help="Train in this many principal components of the training cells (predictions "
-        "stay in gene space).",
+        help="Train in principal components of the training cells: a number, auto "
+        "(by explained variance, for more than 200 features) or none (predictions stay in "
+        "gene space).",
+    ),
+]
+ValidationOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Model selection on held-back: auto (conditions of the kind the holdout "
+        "asks, when there are enough) | conditions | cells."
+    ),
+]
+ValidationKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Held-back conditions: auto | combination | perturbation | cell_type | dose "
+        "| covariate | random."
     ),
 ]
 UseRepOpt = Annotated[
@@ -202,11 +216,18 @@ def _spec_flags(
 
 
 def _data_overrides(
-    n_pca: int | None, use_rep: str | None, modality: str | None, features: str | None
+    n_pca: str | None,
+    use_rep: str | None,
+    modality: str | None,
+    features: str | None,
+    validation: str | None,
+    validation_kind: str | None,
 ) -> dict[str, Any]:
     """The config keys set by the shared data flags (``None``: keep the config's)."""
     return {
         "data.n_pca": n_pca,
+        "data.validation": validation,
+        "data.validation_kind": validation_kind,
         "data.use_rep": use_rep,
         "data.modality": modality,
         "data.features": tuple(parse_items(features, "--features") or []) or None,
@@ -231,6 +252,8 @@ def train(
     holdout: HoldoutOpt = None,
     split_key: TrainSplitKeyOpt = None,
     n_pca: NPcaOpt = None,
+    validation: ValidationOpt = None,
+    validation_kind: ValidationKindOpt = None,
     use_rep: UseRepOpt = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
     seed: SeedOpt = None,
@@ -258,15 +281,18 @@ def train(
             embedding=embedding or [],
             split_key=_split_key(split_key),
             covariates=covariate_key or [],
-            overrides=_data_overrides(n_pca, use_rep, modality, features),
+            overrides=_data_overrides(
+                n_pca, use_rep, modality, features, validation, validation_kind
+            ),
         )
     except KeyboardInterrupt as exc:
         _train_interrupted(exc, out, had_checkpoint)
     typer.echo(
         f"trained {len(model.conditions)} conditions for {int(model.state.step)} steps "
-        f"(best validation loss {model.loop.best_val_loss:.4g} at step "
+        f"(best validation fit {model.loop.best_val_loss:.4g} at step "
         f"{model.loop.best_step}); checkpoint, history.csv and loss.png in {out}"
     )
+    typer.echo(start().validation_line(model.validation))
 
 
 _TuneOutOpt = Annotated[
@@ -308,6 +334,8 @@ def tune(
     holdout: HoldoutOpt = None,
     split_key: TrainSplitKeyOpt = None,
     n_pca: NPcaOpt = None,
+    validation: ValidationOpt = None,
+    validation_kind: ValidationKindOpt = None,
     use_rep: UseRepOpt = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
@@ -336,7 +364,9 @@ def tune(
             embedding=embedding or [],
             split_key=_split_key(split_key),
             covariates=covariate_key or [],
-            overrides=_data_overrides(n_pca, use_rep, modality, features),
+            overrides=_data_overrides(
+                n_pca, use_rep, modality, features, validation, validation_kind
+            ),
         )
     except KeyboardInterrupt:
         typer.echo(
@@ -346,7 +376,7 @@ def tune(
         )
         raise typer.Exit(code=130) from None
     typer.echo(
-        f"{result.n_finished} trials finished; best validation value {result.best_value:.4g} "
+        f"{result.n_finished} trials finished; best validation fit {result.best_value:.4g} "
         f"(trial {result.best_trial}); best.yaml, trials.csv, tune.png and study.db in {out}"
     )
 

@@ -1,13 +1,16 @@
 r"""Hyperparameter search: ``condmonge tune`` and :func:`tune` (Optuna, TPE and median pruning).
 
 Every trial trains one map with :func:`~condmonge.train.fit.fit_map` on the settings it draws
-and is scored by ``loop.best_val_loss``, the validation value that also picks the trained
-map's best parameters (lower is better).
+and is scored by ``loop.best_val_loss``, the validation fitting term (a Sinkhorn divergence,
+comparable across Monge-gap weights) that also picks the trained map's best parameters
+(lower is better).
 
 **What the search is tuned on.** That validation value is computed on a validation set that
-``fit`` carves out of the *training* data (held-out training conditions of the same kind as
-the question asked when there are enough of them, else held-back cells of the training
-conditions; see :mod:`condmonge.train.fit`). The conditions given as ``holdout`` (and, on the
+``fit`` carves out of the *training* data: held-back training conditions of the kind the
+question asks (combinations whose singles stay in training for a combination holdout,
+perturbations, (perturbation, cell type) pairs, doses), or held-back cells of the training
+conditions when too few conditions exist (``data.validation``; see
+:mod:`condmonge.data.validation`). The conditions given as ``holdout`` (and, on the
 command line, the ``test`` side of a split column) are removed before any trial sees the
 data, so no setting is ever chosen on the test conditions.
 
@@ -48,6 +51,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from condmonge.conditions.encoding import Embeddings
 from condmonge.config import Config, read_yaml_mapping
+from condmonge.data.spec import Condition
 from condmonge.errors import ConfigError, TrainingError, suggest
 from condmonge.files import replace_atomically
 from condmonge.train.fit import fit_map
@@ -348,10 +352,13 @@ def _objective(
     adata: ad.AnnData,
     base: Config,
     space: Space,
-    holdout: Sequence[str],
+    held: tuple[Sequence[str], Sequence[Condition]],
     embeddings: Embeddings | None,
 ) -> Callable[[optuna.Trial], float]:
-    """``objective(trial)``: train on the drawn settings, return ``loop.best_val_loss``."""
+    """``objective(trial)``: train on the drawn settings, return ``loop.best_val_loss``.
+
+    ``held``: the ``holdout`` labels and the ``test_conditions`` of :func:`tune`.
+    """
 
     def report(trial: optuna.Trial, step: int, value: float) -> None:
         trial.report(value, step)
@@ -367,7 +374,8 @@ def _objective(
                 adata,
                 config,
                 embeddings=embeddings,
-                holdout=holdout,
+                holdout=held[0],
+                test_conditions=held[1],
                 on_validation=lambda step, value: report(trial, step, value),
             )
         except TrainingError as exc:  # diverged (non-finite loss): a bad setting, not a bug
@@ -504,6 +512,7 @@ def tune(  # noqa: PLR0913  the options of one search
     storage_dir: str | Path,
     study_name: str = "condmonge",
     holdout: Sequence[str] = (),
+    test_conditions: Sequence[Condition] = (),
     embeddings: Embeddings | None = None,
     seed: int = 0,
     timeout: float | None = None,
@@ -525,6 +534,9 @@ def tune(  # noqa: PLR0913  the options of one search
         ``tune.png``.
       study_name: the study inside ``study.db``.
       holdout: condition labels kept out of every trial's training and validation.
+      test_conditions: test conditions absent from ``adata`` (the test side of a split
+        column); with ``holdout`` they decide the kind of validation conditions, as in
+        :func:`~condmonge.train.fit.fit_map`.
       embeddings: condition tables, as for :func:`~condmonge.train.fit.fit_map`.
       seed: the sampler's seed and every trial's training seed.
       timeout: stop starting trials after this many seconds (``None``: no limit).
@@ -541,7 +553,7 @@ def tune(  # noqa: PLR0913  the options of one search
     searched = build_space(base, n_features, space)
     study = open_study(out, study_name, seed, warmup_steps=3 * base.train.validate_every)
     fail_dead_trials(study)
-    objective = _objective(adata, base, searched, holdout, embeddings)
+    objective = _objective(adata, base, searched, (holdout, test_conditions), embeddings)
     try:
         _search(study, objective, n_trials, timeout, progress)
     except BaseException:  # Ctrl-C or an error: the outputs still show what has finished
