@@ -257,17 +257,19 @@ def test_tune_resumes_after_sigkill_with_finished_trials_intact(files, tmp_path)
         time.sleep(0.5)
         if (out / "study.db").exists():
             try:
-                before, _ = finished(out)
+                before, study = finished(out)
             except KeyError:  # the study is being created
                 continue
-        if len(before) >= 2:
-            break
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if len(before) >= 2 and any("pid" in t.user_attrs for t in running):
+                break  # kill it in the middle of a trial
     assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before, study = finished(out)  # what the killed process had finished
     assert len(before) >= 2
     running = [t.number for t in study.get_trials(states=(TrialState.RUNNING,))]
+    assert running  # the killed trial
 
     result = run_cli(*tune_args(files, out, len(before) + 1))
     assert result.returncode == 0, result.stderr
