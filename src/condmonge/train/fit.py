@@ -9,7 +9,7 @@ checkpoints.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,7 +84,7 @@ class _Prepared(NamedTuple):
     val_pools: CellPools
 
 
-def fit_map(
+def fit_map(  # noqa: PLR0913  the data, the config and keyword-only run options
     adata: ad.AnnData,
     config: Config,
     *,
@@ -93,6 +93,7 @@ def fit_map(
     test_conditions: Sequence[Condition] = (),
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> TrainedMap:
     """Train the conditional map of ``config`` on ``adata``.
 
@@ -112,6 +113,8 @@ def fit_map(
         column); with ``holdout`` they decide the kind of validation.
       checkpoint_dir: where to write checkpoints during training (``None``: nowhere).
       resume: continue from the checkpoint in ``checkpoint_dir`` if it exists.
+      on_validation: called as ``on_validation(step, value)`` after each validation (e.g. by
+        :mod:`condmonge.tuning` to prune a trial); an exception it raises stops training.
 
     Returns:
       The trained map; its ``params`` are those with the best validation fitting term and its
@@ -148,7 +151,8 @@ def fit_map(
         if resume and path.exists():
             state, loop = restore_training(path, trained, state)
         checkpoint_fn = _checkpointer(Path(checkpoint_dir), trained)
-    state, loop = _run(trained, optimizer, state, loop, data, (encoded, val_encoded), checkpoint_fn)
+    hooks = (checkpoint_fn, on_validation)
+    state, loop = _run(trained, optimizer, state, loop, data, (encoded, val_encoded), hooks)
     return replace(
         trained, params=loop.best_params, constants=state.constants, state=state, loop=loop
     )
@@ -344,10 +348,11 @@ def _checkpointer(directory: Path, trained: TrainedMap):
     return checkpoint_fn
 
 
-def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_fn):
+def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
     """Compile the step and the validation, place the arrays, and run the training loop.
 
-    ``encoded`` is ``(training conditions, validation conditions or None)``.
+    ``encoded`` is ``(training conditions, validation conditions or None)``; ``hooks`` is
+    ``(checkpoint_fn, on_validation)``.
     """
     cfg = trained.config
 
@@ -373,8 +378,17 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_f
     if cfg.train.patience and loop.evals_since_best >= cfg.train.patience:
         cfg_train = cfg.train.model_copy(update={"steps": int(state.step)})
     names = [c.key(cfg.data.combination_sep) for c in trained.conditions]
+    checkpoint_fn, on_validation = hooks
     parts = LoopParts(
-        step_fn, eval_fn, train_pools, val_pools, encoded, names, checkpoint_fn, val_encoded
+        step_fn,
+        eval_fn,
+        train_pools,
+        val_pools,
+        encoded,
+        names,
+        checkpoint_fn,
+        val_encoded,
+        on_validation=on_validation,
     )
     return train_loop(state, loop, parts, cfg_train)
 
