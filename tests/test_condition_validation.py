@@ -91,18 +91,27 @@ def _check_kind(kind, train, val, rest):
     rest_perts = {c.perturbations for c in rest}
     if kind == "combination":
         singles = {(c.perturbations, c.cell_type) for c in rest}
-        for c in val:  # every single of a validation combination stays in training
+        names = {p for c in rest for p in c.perturbations}
+        measured = [  # training combinations whose singles are measured
+            c
+            for c in train
+            if len(c.perturbations) > 1
+            and all(((p,), c.cell_type) in singles for p in c.perturbations)
+        ]
+        for c in val:  # every single of a validation combination stays in training ...
             assert len(c.perturbations) > 1
-            assert all(((p,), c.cell_type) in singles for p in c.perturbations)
+            if measured:
+                assert all(((p,), c.cell_type) in singles for p in c.perturbations)
+            else:  # ... or, when no combination has them, every perturbation stays seen
+                assert set(c.perturbations) <= names
     elif kind == "perturbation":
         names = {p for c in rest for p in c.perturbations}
         assert all(any(p not in names for p in c.perturbations) for c in val)
     elif kind == "cell_type":
         pairs = {(c.perturbations, c.cell_type) for c in rest}
-        types = {c.cell_type for c in rest}
         for c in val:  # a seen perturbation in a cell type where it is not trained
             assert (c.perturbations, c.cell_type) not in pairs
-            assert c.perturbations in rest_perts and c.cell_type in types
+            assert c.perturbations in rest_perts
     elif kind == "dose":
         groups = {(c.perturbations, c.cell_type) for c in rest}
         assert all((c.perturbations, c.cell_type) in groups for c in val)
@@ -159,7 +168,7 @@ def test_few_conditions_fall_back_to_cells_and_say_how_to_choose():
     assert choose_validation(train, mode="cells").fallback is False
     singles = [C([n]) for n in NAMES]  # combination asked, but no training combination
     plan = choose_validation(singles, kind="combination")
-    assert plan.fallback and "no training combination" in plan.reason
+    assert plan.fallback and "fewer than two training combinations" in plan.reason
 
 
 def test_explicit_kind_and_share():
@@ -225,6 +234,7 @@ def test_resume_with_condition_validation_is_bitwise(combo_data, tmp_path, monke
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
     def timeless(history):  # steps/s is a clock reading
         return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in history]
 
@@ -269,3 +279,25 @@ def test_cli_rejects_a_bad_validation_in_one_line(tmp_path):
 
 def test_kinds_are_documented():
     assert set(KINDS) == {"combination", "perturbation", "cell_type", "dose", "covariate", "random"}
+
+
+def test_the_shapes_of_kang_and_norman():
+    # Kang: one perturbation across cell types; a held-out type has only controls in training.
+    kang = [C(["stim"], cell_type=t) for t in "abcdef"]
+    plan = choose_validation(kang, [C(["stim"], cell_type="g")])
+    assert (plan.kind, len(plan.condition_ids)) == ("cell_type", 1)
+    # Norman: no training pair has both singles measured; the pairs of seen genes stand in.
+    train = [
+        C(["a"]),
+        C(["b"]),
+        C(["c"]),
+        C(["a", "x"]),
+        C(["b", "x"]),
+        C(["c", "y"]),
+        C(["x", "y"]),
+    ]
+    plan = choose_validation(train, [C(["a", "b"])], seed=1)
+    assert plan.kind == "combination" and "singles measured" in plan.reason
+    (i,) = plan.condition_ids
+    rest = {p for j, c in enumerate(train) if j != i for p in c.perturbations}
+    assert len(train[i].perturbations) == 2 and set(train[i].perturbations) <= rest
