@@ -6,20 +6,22 @@ the CLI refuses a bad value in one line.
 """
 
 import shutil
+import subprocess
+import sys
 import warnings
 
+import anndata as ad
 import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 import condmonge as cm
-from condmonge.cli import app
+from condmonge.data.pca import auto_components
 from condmonge.data.spec import Condition
 from condmonge.data.validation import KINDS, choose_validation, describe, infer_kind
-from condmonge.errors import DataWarning
+from condmonge.errors import ConfigError, DataWarning
 from condmonge.train import fit as fit_module
 from condmonge.train.persistence import load_trained
 from conftest import make_adata, tiny_config
@@ -265,16 +267,17 @@ def test_one_hot_perturbation_out_falls_back(combo_data):
 def test_cli_rejects_a_bad_validation_in_one_line(tmp_path):
     path = tmp_path / "d.h5ad"
     make_adata(n_per_condition=10, d=3).write_h5ad(path)
-    for flag, key in (("--validation", "data.validation'"), ("--validation-kind", "_kind'")):
-        result = CliRunner().invoke(
-            app,
-            ["train", str(path), "--out", str(tmp_path / "run"), "--condition-key",
-             "condition", "--control", "control", flag, "folds"],
+    for flag in ("--validation", "--validation-kind", "--n-pca"):
+        result = subprocess.run(
+            [sys.executable, "-m", "condmonge.cli", "train", str(path), "--out",
+             str(tmp_path / "run"), "--condition-key", "condition", "--control", "control",
+             flag, "folds"],
+            capture_output=True, text=True,
         )  # fmt: skip
-        assert result.exit_code == 2
+        assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:")
-        assert key in lines[0] and "'auto'" in lines[0]  # names the option and the choices
+        assert f"Invalid value for '{flag}'" in lines[0] and "auto" in lines[0]  # the choices
 
 
 def test_kinds_are_documented():
@@ -301,3 +304,33 @@ def test_the_shapes_of_kang_and_norman():
     (i,) = plan.condition_ids
     rest = {p for j, c in enumerate(train) if j != i for p in c.perturbations}
     assert len(train[i].perturbations) == 2 and set(train[i].perturbations) <= rest
+
+
+# ------------------------------------------------------------- the automatic latent space
+
+
+def test_auto_components_rule():
+    assert auto_components(np.array([5.0, 3.0, 1.0, 0.5, 0.5])) == 3  # 9 of 10 = 90 %
+    assert auto_components(np.ones(100)) == 50  # a flat spectrum hits the cap
+    assert auto_components(np.array([1.0, 0.0])) == 1
+
+
+def test_auto_pca_for_wide_inputs_only():
+    rng = np.random.default_rng(0)
+    wide = make_adata(n_per_condition=30, d=4, conditions=("A", "B"))
+    # 250 genes: 4 signal directions (the conditions' shifts) plus small noise.
+    mixing = rng.normal(size=(4, 250))
+    wide = ad.AnnData(
+        (wide.X @ mixing + 0.05 * rng.normal(size=(wide.n_obs, 250))).astype(np.float32),
+        obs=wide.obs,
+    )
+    model = cm.ConditionalMonge(tiny_config()).fit(wide, "condition", "control")
+    k = model.projection.components.shape[1]
+    assert 1 <= k <= 4  # the signal, not the 250 noisy genes
+    assert model.predict(wide[wide.obs["condition"] == "control"], ["A"]).n_vars == 250
+    narrow = make_adata(n_per_condition=20, d=6, conditions=("A", "B"))
+    assert cm.ConditionalMonge(tiny_config()).fit(narrow, "condition", "control").projection is None
+    for text, value in (("auto", "auto"), ("none", None), ("12", 12)):
+        assert tiny_config(**{"data.n_pca": text}).data.n_pca == value
+    with pytest.raises(ConfigError, match="n_pca must be a number, 'auto' or 'none'"):
+        tiny_config(**{"data.n_pca": "many"})

@@ -164,7 +164,9 @@ def _prepare(
     """Validate, label, hold out, choose validation, read features (PCA on training cells)."""
     d = config.data
     backed = adata.isbacked
-    if backed and (d.n_pca is None or d.use_rep is not None):  # "auto": AUTO_MAX_COMPONENTS
+    # "auto" streams AUTO_MAX_COMPONENTS components of a wide backed X.
+    auto_narrow = d.n_pca == "auto" and adata.n_vars <= AUTO_MIN_FEATURES
+    if backed and (d.n_pca is None or auto_narrow or d.use_rep is not None):
         raise DataError(
             "a backed AnnData (read_h5ad(..., backed='r')) is trained through a streaming "
             "PCA of X: set data.n_pca (e.g. 50) and leave use_rep unset"
