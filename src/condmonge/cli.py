@@ -101,6 +101,24 @@ def _split_key(value: str | None) -> tuple[str, bool]:
     return (value, True) if value is not None else ("split", False)
 
 
+def _n_pca(value: str | None) -> str | None:
+    """``--n-pca``: a number >= 1, ``auto`` or ``none`` (a usage error otherwise)."""
+    if value is None or value.lower() in ("auto", "none") or (value.isdigit() and int(value)):
+        return value
+    raise typer.BadParameter(f"{value!r}: give a number >= 1, auto or none")
+
+
+def _one_of(*choices: str):
+    """An option callback accepting only ``choices`` (a usage error otherwise)."""
+
+    def check(value: str | None) -> str | None:
+        if value is None or value in choices:
+            return value
+        raise typer.BadParameter(f"{value!r}: give one of {', '.join(choices)}")
+
+    return check
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"condmonge {__version__}")
@@ -151,6 +169,7 @@ TrainSplitKeyOpt = Annotated[
 NPcaOpt = Annotated[
     str | None,
     typer.Option(
+        callback=_n_pca,
         help="Train in principal components of the training cells: a number, auto "
         "(by explained variance, for more than 200 features) or none (predictions stay in "
         "gene space).",
@@ -159,15 +178,19 @@ NPcaOpt = Annotated[
 ValidationOpt = Annotated[
     str | None,
     typer.Option(
+        callback=_one_of("auto", "conditions", "cells"),
         help="Model selection on held-back: auto (conditions of the kind the holdout "
-        "asks, when there are enough) | conditions | cells."
+        "asks, when there are enough) | conditions | cells.",
     ),
 ]
 ValidationKindOpt = Annotated[
     str | None,
     typer.Option(
+        callback=_one_of(
+            "auto", "combination", "perturbation", "cell_type", "dose", "covariate", "random"
+        ),
         help="Held-back conditions: auto | combination | perturbation | cell_type | dose "
-        "| covariate | random."
+        "| covariate | random.",
     ),
 ]
 UseRepOpt = Annotated[

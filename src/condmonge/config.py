@@ -111,9 +111,11 @@ class DataConfig(_Strict):
         default=None, description="obsm key to train on (e.g. 'X_pca'); None uses X."
     )
     n_pca: int | Literal["auto"] | None = Field(
-        default=None,
-        description="train in this many principal components of the training cells; "
-        "predictions are returned in gene space",
+        default="auto",
+        description="train in this many principal components of the training cells "
+        "(predictions are returned in gene space); 'auto': for X with more than 200 features, "
+        "the fewest components explaining 90% of the top-100 spectrum, at most 50; None: "
+        "the features as they are",
     )
     validation_fraction: float = Field(
         default=0.1,
