@@ -172,6 +172,13 @@ class LossConfig(_Strict):
 
     monge_gap_weight: float = Field(default=1.0, ge=0.0)
     fit_epsilon: float = Field(default=0.1, gt=0.0)
+    # What fit_epsilon multiplies: the mean or the standard deviation of the batch cost matrix.
+    fit_epsilon_relative: Literal["mean", "std"] = "mean"
+    # How the fitting divergence removes its biases (condmonge.models.losses.split_divergence):
+    # "self" is the Sinkhorn divergence of the batch (its self terms compare each cloud with
+    # itself, which leaves the sampling bias in and shrinks the predicted spread); "split"
+    # compares independent halves, so its expectation is 0 at the truth.
+    fit_debias: Literal["self", "split"] = "split"
     monge_gap_epsilon: float = Field(default=0.02, gt=0.0)
     cost: Literal["sqeuclidean", "euclidean"] = "sqeuclidean"
     # Truncated solves: on the synthetic benchmark 30, 50 and 100 iterations give the same
