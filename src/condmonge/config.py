@@ -201,6 +201,12 @@ class TrainConfig(_Strict):
     cells_per_condition: int = Field(default=256, gt=1)
     learning_rate: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=1e-5, ge=0.0)
+    input_noise: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="sd of Gaussian noise added to the source cells of each training step, in "
+        "units of the feature scale (training only; 0 = off)",
+    )
     warmup_steps: int = Field(default=100, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     validate_every: int = Field(default=100, gt=0)
