@@ -166,8 +166,10 @@ class LossConfig(_Strict):
     """Fitting term + ``monge_gap_weight`` times the Monge gap, averaged over conditions.
 
     Both entropic regularisations are *relative*: ``epsilon`` multiplies the mean of the cost
-    matrix of the batch (ott-jax ``relative_epsilon="mean"``), so they act alike in 2 or 2000
-    dimensions.
+    matrix of the batch (ott-jax ``relative_epsilon="mean"``; for the fitting term optionally
+    its standard deviation, ``fit_epsilon_relative``), so they act alike in 2 or 2000
+    dimensions. The fitting term is the split-half Sinkhorn divergence by default
+    (``fit_debias``; :func:`condmonge.models.losses.split_divergence`).
     """
 
     monge_gap_weight: float = Field(default=1.0, ge=0.0)

@@ -8,9 +8,13 @@ For conditions :math:`c_1..c_k` sampled in a step, with source (control) cells
         S_{\varepsilon_f}\big(T_\theta(\cdot, c_i)\sharp\hat\mu_i, \hat\nu_i\big)
         + \lambda\, \mathcal{M}_{\hat\mu_i, \varepsilon_m}\big(T_\theta(\cdot, c_i)\big)
 
-with :math:`S` the Sinkhorn divergence and :math:`\mathcal{M}` the Monge gap
-(Uscidda & Cuturi 2023; Harsanyi et al. 2025, arXiv 2504.08328). Both entropic
-regularisations are relative to the mean of the batch cost matrix.
+with :math:`S` the fitting divergence and :math:`\mathcal{M}` the Monge gap
+(Uscidda & Cuturi 2023; Harsanyi et al. 2025, arXiv 2504.08328). :math:`S` is by default the
+split-half Sinkhorn divergence (:func:`split_divergence`, ``loss.fit_debias="split"``), whose
+terms all compare independent samples, so that it does not reward a shrunken prediction; the
+batch Sinkhorn divergence (:func:`sinkhorn_divergence`) is ``fit_debias="self"``. Both entropic
+regularisations are relative to the batch cost matrix (its mean, or for the fitting term
+optionally its standard deviation).
 
 Speed: the solves run by default in the *scaling* (kernel) domain, where a Sinkhorn iteration is a
 matrix-vector product with :math:`K = e^{-C/\varepsilon}` rather than a log-sum-exp over the
