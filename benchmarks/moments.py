@@ -17,7 +17,7 @@ which carry the controls' spread. Tasks:
 
 Prints one JSON line: per method, the mean over conditions of ``r2_var``, ``mae_var``,
 ``r2_skew``, ``mae_skew`` and ``var_ratio`` (median over features of predicted / true variance:
-below 1 is shrinkage).
+below 1 is shrinkage; over features whose true variance is not ~0).
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """Moment errors of one condition, plus the median variance ratio."""
     out = {k: float(v) for k, v in moment_errors(pred, true).items() if "kurt" not in k}
     vp, vt = weighted_moments(pred)[1], weighted_moments(true)[1]
-    out["var_ratio"] = float(np.median(np.asarray(vp) / np.maximum(np.asarray(vt), 1e-8)))
+    vp, vt = np.asarray(vp), np.asarray(vt)
+    varies = vt > 1e-6 * max(float(vt.max()), 1e-12)  # unexpressed genes have no ratio
+    out["var_ratio"] = float(np.median(vp[varies] / vt[varies]))
     return out
 
 
