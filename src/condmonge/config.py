@@ -213,12 +213,21 @@ class LossConfig(_Strict):
     """Fitting term + ``monge_gap_weight`` times the Monge gap, averaged over conditions.
 
     Both entropic regularisations are *relative*: ``epsilon`` multiplies the mean of the cost
-    matrix of the batch (ott-jax ``relative_epsilon="mean"``), so they act alike in 2 or 2000
-    dimensions.
+    matrix of the batch (ott-jax ``relative_epsilon="mean"``; for the fitting term optionally
+    its standard deviation, ``fit_epsilon_relative``), so they act alike in 2 or 2000
+    dimensions. The fitting term is the split-half Sinkhorn divergence by default
+    (``fit_debias``; :func:`condmonge.models.losses.split_divergence`).
     """
 
     monge_gap_weight: float = Field(default=1.0, ge=0.0)
     fit_epsilon: float = Field(default=0.1, gt=0.0)
+    # What fit_epsilon multiplies: the mean or the standard deviation of the batch cost matrix.
+    fit_epsilon_relative: Literal["mean", "std"] = "mean"
+    # How the fitting divergence removes its biases (condmonge.models.losses.split_divergence):
+    # "self" is the Sinkhorn divergence of the batch (its self terms compare each cloud with
+    # itself, which leaves the sampling bias in and shrinks the predicted spread); "split"
+    # compares independent halves, so its expectation is 0 at the truth.
+    fit_debias: Literal["self", "split"] = "split"
     monge_gap_epsilon: float = Field(default=0.02, gt=0.0)
     cost: Literal["sqeuclidean", "euclidean"] = "sqeuclidean"
     # Truncated solves: on the synthetic benchmark 30, 50 and 100 iterations give the same
@@ -246,6 +255,12 @@ class TrainConfig(_Strict):
     cells_per_condition: int = Field(default=256, gt=1)
     learning_rate: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=1e-5, ge=0.0)
+    input_noise: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="sd of Gaussian noise added to the source cells of each training step, in "
+        "units of the feature scale (training only; 0 = off)",
+    )
     warmup_steps: int = Field(default=100, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     validate_every: int = Field(default=100, gt=0)

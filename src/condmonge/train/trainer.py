@@ -204,6 +204,11 @@ def make_train_step(
         rng, rng_batch = jax.random.split(state.rng)
         k, n = train_cfg.conditions_per_step, train_cfg.cells_per_condition
         batch = sample_batch(rng_batch, pools, conditions, k, n)
+        if train_cfg.input_noise > 0:  # static: without noise the key stream is unchanged
+            rng, rng_noise = jax.random.split(rng)
+            noise = jax.random.normal(rng_noise, batch.source.shape, batch.source.dtype)
+            scale = train_cfg.input_noise * state.constants["feature_scale"]
+            batch = batch._replace(source=batch.source + noise * scale)
         source, target, condition = shard_conditions(
             (batch.source, batch.target, batch.condition), mesh
         )

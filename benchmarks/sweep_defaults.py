@@ -1,0 +1,141 @@
+"""Sweep of defaults on development tasks only (never the test conditions of docs/RESULTS.md).
+
+    python benchmarks/sweep_defaults.py [--tasks norman,synthetic] [--steps 600,1200]
+        [--grid default,self] [--seed 0]
+
+Development tasks, each with held-out *conditions* of the kind its benchmark asks about:
+
+- ``norman``: Norman K562 in 20 PCs without the 5 reported test pairs of
+  ``examples/norman_combination.yaml`` (dropped from the data); the validation conditions are
+  the first 4 remaining combinations (sorted) whose genes all stay in other training
+  conditions (the test pairs are the only ones whose two singles are both measured);
+- ``synthetic``: the convex unseen-condition task (12 conditions, 3 unseen, d = 10, embedding
+  table given) on generator seed 5 (the benchmarks use 0).
+
+Each grid point is a set of config overrides (:data:`GRID`) trained at every ``--steps``; the
+score per task is the mean over validation conditions of mean-delta R² on the top-20 changed
+features, energy distance and ``r2_var``. Prints one JSON line with every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import _gen  # noqa: F401  (sets one JAX CPU device per core on import)
+from condmonge import ConditionalMonge
+from condmonge.config import Config
+from condmonge.datasets import convex_task, norman_mcfaline
+from condmonge.evaluate.metrics import mean_delta_r2, moment_errors, top_de_features
+from condmonge.ops import energy_distance
+
+NAME = "sweep_defaults"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "norman_combination.yaml"
+#: Grid points: name -> config overrides on top of the library defaults.
+GRID: dict[str, dict] = {
+    "default": {},
+    "self": {"loss.fit_debias": "self"},
+    "mg_eps0.005": {"loss.monge_gap_epsilon": 0.005},
+    "mg_w0.3": {"loss.monge_gap_weight": 0.3},
+    "noise0.1": {"train.input_noise": 0.1},
+    "fit_eps0.03": {"loss.fit_epsilon": 0.03},
+}
+
+
+def norman_task():
+    """K562 cells without the test pairs; 4 held-out training combinations."""
+    adata = norman_mcfaline()
+    test = set(yaml.safe_load(EXAMPLE.read_text())["split"]["holdout"])
+    adata = adata[((adata.obs["cell_type"] == "k562") & ~adata.obs["condition"].isin(test))
+                  .to_numpy()].copy()  # fmt: skip
+    return adata, {"data.n_pca": 20}, _dev_pairs(set(adata.obs["condition"].astype(str))), None
+
+
+def _dev_pairs(names: set[str], n: int = 4) -> list[str]:
+    """Up to ``n`` combinations (sorted) each of whose genes stays in another training condition.
+
+    Every pair whose two singles are measured is a test pair, so a development pair's genes are
+    seen through other combinations (one-hot encoding cannot predict an unseen gene).
+    """
+    chosen: list[str] = []
+    for pair in sorted(c for c in names if "+" in c):
+        rest = names - {"control", pair, *chosen}
+        seen = {g for c in rest for g in c.split("+")}
+        if all(g in seen for g in pair.split("+")) and len(chosen) < n:
+            chosen.append(pair)
+    return chosen
+
+
+def synthetic_task():
+    """The convex task on a development seed, its unseen conditions held out."""
+    task = convex_task(n_conditions=12, n_features=10, n_cells=200, n_unseen=3, seed=5)
+    return task.adata, {"data.modality": "generic"}, list(task.unseen), {
+        "condition": task.embeddings
+    }
+
+
+TASKS = {"norman": norman_task, "synthetic": synthetic_task}
+
+
+def dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
+
+
+def score(adata, overrides: dict, holdout: list[str], embeddings) -> dict[str, float]:
+    """Train without ``holdout``, predict it from the controls, mean metrics over it."""
+    model = ConditionalMonge(Config().updated(overrides))
+    model.fit(adata, "condition", "control", holdout=holdout, embeddings=embeddings)
+    is_control = (adata.obs["condition"] == "control").to_numpy()
+    x = dense(adata.X[is_control])
+    pred = model.predict(adata[is_control], holdout)
+    rows = []
+    for i, name in enumerate(holdout):
+        true = dense(adata.X[(adata.obs["condition"] == name).to_numpy()])
+        mapped = dense(pred.X[i * len(x) : (i + 1) * len(x)])
+        rows.append({
+            "r2_delta_top20": mean_delta_r2(mapped, true, x, top_de_features(true, x, 20)),
+            "energy_distance": float(energy_distance(mapped, true)),
+            "r2_var": float(moment_errors(mapped, true)["r2_var"]),
+        })  # fmt: skip
+    return pd.DataFrame(rows).mean().round(4).to_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="norman,synthetic")
+    parser.add_argument("--steps", default="600,1200")
+    parser.add_argument("--grid", default=",".join(GRID), help="names of GRID points")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    start, results = time.perf_counter(), []
+    for task in args.tasks.split(","):
+        adata, data, holdout, embeddings = TASKS[task]()
+        for point in args.grid.split(","):
+            for steps in (int(s) for s in args.steps.split(",")):
+                overrides = data | GRID[point] | {
+                    "train.steps": steps, "train.seed": args.seed, "train.progress": False,
+                    "train.checkpoint_every": 10**6, "train.learning_rate": 0.003,
+                    "train.cells_per_condition": 128,
+                }  # fmt: skip
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    metrics = score(adata, overrides, holdout, embeddings)
+                row = {"task": task, "point": point, "steps": steps, **metrics,
+                       "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+                results.append(row)
+                print(json.dumps(row), flush=True, file=sys.stderr)
+    print(json.dumps({"benchmark": NAME, "seed": args.seed, "rows": results,
+                      "seconds": round(time.perf_counter() - start, 1)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
