@@ -1,0 +1,456 @@
+"""Leaderboard: condmonge (defaults, tuned) vs every baseline on every held-out task, 3 seeds.
+
+    python benchmarks/leaderboard.py [--quick] [--seeds 3] [--tasks norman_combination,...]
+        [--tuned auto|none|RUN_DIR] [--steps N] [--claims in_distribution,representations]
+        [--data-dir ../shared/data] [--out runs/leaderboard] [--reuse] [--no-docs]
+
+Tasks (``benchmarks/tasks.py``): Norman K562 combination-out (the 5 pairs whose singles are
+measured), McFaline cell-type-out (3 perturbations held out in U87MG only), Kang cell-type-out
+(each cell type in turn), sci-Plex-like drug-out and dose-out, the synthetic unseen-drug task.
+Each (task, seed) is one :func:`condmonge.evaluate.experiment.run_experiment`; the baselines
+are deterministic (fixed split seed 0) and are fitted once, with the first seed.
+
+- ``defaults``: the library's ``condmonge.Config()`` at run time with only the data keys, the
+  training seed and the step budget (``--steps``) set; nothing chosen on these tests.
+- ``tuned``: ``condmonge.tuning.tune`` (when the module exists) on each experiment's
+  *training* split, its objective the condition-level validation of the training conditions;
+  ``auto`` runs it here with a small budget, ``RUN_DIR`` reads ``RUN_DIR/<task>/<tag>/best.yaml``
+  from an earlier run, ``none`` skips it ("not run" in the tables).
+- Metrics: ``r2_delta_top20``, ``energy_distance``, ``r2_var`` (+ ``l2_uvp`` with known maps);
+  mean ± sd over seeds of the per-seed means over conditions; **wins** = (condition, seed)
+  pairs where the model beats the best non-oracle baseline of that metric (best by its mean).
+- Claims: ``in_distribution`` (held-out cells of seen conditions: the conditional map vs one
+  Monge gap map per condition) and ``representations`` (sci-Plex-like drug-out with smiles vs
+  effect+smiles, dose-out with one-hot too, and drug-out as the training drugs grow).
+
+Writes ``docs/results/leaderboard.csv`` (every row) and ``.json`` (the summary), regenerates
+the tables of ``docs/RESULTS.md`` between ``<!-- leaderboard:start -->`` and
+``<!-- leaderboard:end -->`` (unless ``--no-docs``) and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import tasks as T
+from _gen import MODEL, data_dir, run
+from condmonge.config import DataConfig
+from condmonge.evaluate.experiment import _prepare, experiment_config_from_dict
+from condmonge.evaluate.metrics import metric_higher_is_better
+
+try:  # helper module of issue 13 part 3; the leaderboard says "not run" without it
+    from condmonge.tuning import tune
+except ImportError:
+    tune = None
+
+NAME = "leaderboard"
+METRICS = ["r2_delta_top20", "energy_distance", "r2_var", "l2_uvp"]
+ROOT = Path(__file__).resolve().parents[1]
+FULL = {
+    "seeds": 3, "steps": 500, "kang_types": T.KANG_TYPES, "drugs": 40, "cells": 50,
+    "synthetic_cells": 300, "oracle": True, "scaling": [10, 40, 187], "in_dist_conditions": 8,
+    "tune_trials": 6, "tune_steps": 300, "double": ["norman_combination", "mcfaline_cell_type"],
+}  # fmt: skip
+QUICK = {
+    "seeds": 1, "steps": 100, "kang_types": ["CD14+Mono"], "drugs": 20, "cells": 30,
+    "synthetic_cells": 100, "oracle": False, "scaling": [10, 20], "in_dist_conditions": 4,
+    "tune_trials": 2, "tune_steps": 60, "double": ["mcfaline_cell_type"],
+}  # fmt: skip
+TASKS = [
+    "norman_combination", "mcfaline_cell_type", "kang_cell_type", "sciplex_drug_out",
+    "sciplex_dose_out", "synthetic_unseen",
+]  # fmt: skip
+
+
+def build_tasks(names: list[str], sizes: dict[str, Any], root: Path, out: Path) -> list[T.Task]:
+    """The chosen tasks at the run's sizes (``tasks.py`` holds their definitions)."""
+    makers = {
+        "norman_combination": T.norman_combination,
+        "mcfaline_cell_type": lambda: T.mcfaline_cell_type(out),
+        "kang_cell_type": lambda: T.kang_cell_type(root, sizes["kang_types"]),
+        "sciplex_drug_out": lambda: T.sciplex_drug_out(root, sizes["drugs"], sizes["cells"]),
+        "sciplex_dose_out": lambda: T.sciplex_dose_out(root, sizes["drugs"], sizes["cells"]),
+        "synthetic_unseen": lambda: T.synthetic_unseen(sizes["synthetic_cells"], sizes["oracle"]),
+    }
+    return [makers[n]() for n in names]
+
+
+def with_model(
+    tree: dict[str, Any], steps: int, seed: int, kind: str, base: dict | None = None
+) -> dict:
+    """``tree`` with its model section: ``base`` (a tuned config) or the defaults, + budget.
+
+    Only the data keys of the task, the kind of question (``data.validation_kind``, where the
+    library has condition-level validation: the experiment fits on the training split alone,
+    so the kind cannot be inferred from a holdout), the seed, quiet progress and (for the
+    defaults) the step budget are set; everything else is the library's default at run time.
+    """
+    model = json.loads(json.dumps(base)) if base else {}
+    model.setdefault("data", {}).update(tree["model"]["data"])
+    if "validation_kind" in DataConfig.model_fields:
+        model["data"]["validation_kind"] = kind
+    train = model.setdefault("train", {})
+    train.update(seed=seed, progress=False, checkpoint_every=10**6)
+    if base is None:
+        train["steps"] = steps
+    return {**tree, "model": model}
+
+
+def run_variant(
+    task: T.Task,
+    variant: str,
+    seeds: list[int],
+    steps: int,
+    out: Path,
+    configs: dict[str, dict] | None = None,
+    baselines: bool = True,
+) -> pd.DataFrame:
+    """Every (experiment, seed) of ``task`` for one model variant; rows tagged.
+
+    Baselines are fitted with the first seed only (they do not depend on it) when
+    ``baselines``; ``configs`` maps experiment tags to tuned config trees.
+    """
+    frames = []
+    for i, seed in enumerate(seeds):
+        for tag, tree in task.experiments.items():
+            base = (configs or {}).get(tag)
+            full = with_model(tree, steps, seed, task.kind, base)
+            if not (baselines and i == 0):
+                full["baselines"] = []
+            where = out / task.name / variant / f"{tag.replace('+', 'p')}_seed{seed}"
+            rows, _ = run(full, where, f"{task.name}/{tag}")
+            rows = rows.rename_axis("condition").reset_index()
+            is_model = rows["method"] == MODEL
+            rows["variant"] = rows["method"].where(~is_model, f"{MODEL} ({variant})")
+            rows["seed"] = np.where(is_model, seed, -1)
+            rows.insert(0, "task", task.name)
+            rows.insert(1, "experiment", tag)
+            frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
+
+
+def tune_configs(task: T.Task, sizes: dict[str, Any], tuned: str, out: Path) -> dict | None:
+    """Tuned config trees by experiment tag, or ``None`` (not run / no ``condmonge.tuning``)."""
+    if tuned == "none":
+        return None
+    if tuned != "auto":
+        found = {
+            tag: yaml.safe_load(p.read_text())
+            for tag in task.experiments
+            if (p := Path(tuned) / task.name / tag / "best.yaml").is_file()
+        }
+        return found or None
+    if tune is None:
+        return None
+    return {
+        tag: tune_experiment(tree, task.kind, out / task.name / "tune" / tag, sizes)
+        for tag, tree in task.experiments.items()
+    }
+
+
+def tune_experiment(tree: dict[str, Any], kind: str, where: Path, sizes: dict[str, Any]) -> dict:
+    """Tune on the experiment's *training* split only; returns the best config tree.
+
+    The split and the embeddings are those of the experiment (``_prepare``: the same code path
+    as ``run_experiment``); the test cells never reach ``tune``. Its objective is the library's
+    condition-level validation of held-out training conditions of the task's kind.
+    """
+    config = experiment_config_from_dict(with_model(tree, sizes["tune_steps"], 0, kind), "tune")
+    data = _prepare(config, Path("."))
+    options = inspect.signature(tune).parameters
+    kwargs: dict[str, Any] = {"n_trials": sizes["tune_trials"], "storage_dir": where, "seed": 0}
+    if "embeddings" in options:
+        kwargs["embeddings"] = data.embeddings
+    if "space" in options and sizes.get("tune_space"):
+        kwargs["space"] = sizes["tune_space"]
+    where.mkdir(parents=True, exist_ok=True)
+    tune(data.train, config.model, **kwargs)
+    return yaml.safe_load((where / "best.yaml").read_text())
+
+
+def seed_table(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per (task, variant): mean ± sd over seeds of the per-seed means over conditions."""
+    metrics = [m for m in metrics if m in rows and rows[m].notna().any()]
+    per_seed = rows.groupby(["task", "variant", "seed"], sort=False)[metrics].mean()
+    grouped = per_seed.groupby(level=["task", "variant"], sort=False)
+    n = rows.groupby(["task", "variant"], sort=False).size().rename("n")
+    return pd.concat([grouped.mean(), grouped.std(ddof=0).add_suffix("_sd"), n], axis=1)
+
+
+def wins(rows: pd.DataFrame, metrics: list[str]) -> list[dict[str, Any]]:
+    """Per task, model variant and metric: the best non-oracle baseline and the model's wins.
+
+    The best baseline has the best mean over the task's conditions; a win is a (condition,
+    seed) pair where the model is strictly better than it on that condition.
+    """
+    out = []
+    base = rows[(rows["seed"] == -1) & ~rows["method"].str.endswith("_oracle")]
+    for task, group in rows.groupby("task", sort=False):
+        ref = base[base["task"] == task]
+        for variant in group.loc[group["seed"] != -1, "variant"].unique():
+            model = group[group["variant"] == variant]
+            for m in [m for m in metrics if m in group and group[m].notna().any()]:
+                means = ref.groupby("method")[m].mean().dropna()
+                if means.empty:
+                    continue
+                high = metric_higher_is_better(m)
+                best = str(means.idxmax() if high else means.idxmin())
+                theirs = ref[ref["method"] == best].set_index("condition")[m]
+                mine = model[m].to_numpy()
+                other = theirs.reindex(model["condition"]).to_numpy()
+                won = (mine > other) if high else (mine < other)
+                out.append({
+                    "task": task, "variant": variant, "metric": m, "best_baseline": best,
+                    "model": float(model.groupby("seed")[m].mean().mean()),
+                    "baseline": float(means[best]), "wins": int(won.sum()), "of": len(mine),
+                })  # fmt: skip
+    return out
+
+
+def fmt(value: float, sd: float | None = None) -> str:
+    """``0.123 ± 0.045`` (sd omitted when absent or for deterministic baselines)."""
+    if pd.isna(value):
+        return "–"
+    return f"{value:.3f}" if sd is None or pd.isna(sd) or sd == 0 else f"{value:.3f} ± {sd:.3f}"
+
+
+def task_markdown(task: T.Task, table: pd.DataFrame, won: list[dict], tuned_ran: bool) -> str:
+    """One task's table (methods x metrics, mean ± sd over seeds) and its win counts."""
+    sub = table.loc[task.name]
+    metrics = [m for m in METRICS if m in sub and sub[m].notna().any()]
+    head = [f"{m} {'↑' if metric_higher_is_better(m) else '↓'}" for m in metrics]
+    lines = [f"### {task.title}", "", *[f"{n}." for n in task.notes], ""]
+    lines += ["| method | " + " | ".join(head) + " | n |", "|---" * (len(metrics) + 2) + "|"]
+    for method, row in sub.iterrows():
+        cells = [fmt(row[m], row.get(m + "_sd")) for m in metrics]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {int(row['n'])} |")
+    if not tuned_ran:
+        lines.append(f"| {MODEL} (tuned) | " + " | ".join(["not run"] * len(metrics)) + " | 0 |")
+    lines += [
+        "",
+        "Wins of (condition, seed) pairs over the best non-oracle baseline per metric:",
+        "",
+    ]
+    for w in [w for w in won if w["task"] == task.name]:
+        lines.append(
+            f"- {w['variant']}, {w['metric']}: {w['wins']} of {w['of']} vs `{w['best_baseline']}`"
+            f" (mean {w['model']:.3f} vs {w['baseline']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def claim_in_distribution(sizes: dict[str, Any], seeds: list[int], out: Path) -> pd.DataFrame:
+    """Held-out cells of seen conditions: the conditional map vs one Monge gap map per condition."""
+    task = T.Task(
+        "in_distribution", "In distribution: held-out cells of seen conditions", "random",
+        {"synthetic": T.in_distribution(sizes["synthetic_cells"], sizes["in_dist_conditions"])},
+        real=False,
+    )  # fmt: skip
+    return run_variant(task, "defaults", seeds, sizes["steps"], out)
+
+
+def claim_representations(root: Path, sizes: dict[str, Any], out: Path) -> pd.DataFrame:
+    """Drug representations on sci-Plex-like (seed 0): drug-out and dose-out, and drug scaling.
+
+    Drug-out: ``smiles`` vs ``effect+smiles`` (effect signatures of the training drugs, unseen
+    drugs inferred from structure); one-hot cannot place an unseen drug. Dose-out: ``smiles``,
+    ``effect`` and ``onehot``. Scaling: drug-out with both at each ``sizes['scaling']`` drugs.
+    """
+    runs = [("drug-out", e, sizes["drugs"]) for e in ("smiles", "effect+smiles")]
+    runs += [("dose-out", e, sizes["drugs"]) for e in ("smiles", "effect", "onehot")]
+    runs += [("drug-out", e, n) for n in sizes["scaling"] if n != sizes["drugs"]
+             for e in ("smiles", "effect+smiles")]  # fmt: skip
+    frames = []
+    for split, embedding, n in runs:
+        make = T.sciplex_drug_out if split == "drug-out" else T.sciplex_dose_out
+        task = make(root, n, sizes["cells"], embedding)
+        task = T.Task(f"repr/{split}/{embedding}/{n}", task.title, task.kind, task.experiments)
+        rows = run_variant(task, "defaults", [0], sizes["steps"], out / "representations")
+        rows.insert(1, "split", split)
+        rows.insert(2, "embedding", embedding)
+        rows.insert(3, "drugs", n)
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True)
+
+
+def claims_markdown(in_dist: pd.DataFrame | None, reps: pd.DataFrame | None) -> list[str]:
+    """The two claims' tables."""
+    lines = []
+    if in_dist is not None:
+        table = seed_table(in_dist, METRICS).loc["in_distribution"]
+        metrics = [m for m in METRICS if m in table and table[m].notna().any()]
+        lines += [
+            "### In distribution: held-out cells of seen conditions",
+            "",
+            "Synthetic convex maps (d = 50, generator seed 1, every drug seen, a quarter of "
+            "each condition's cells held out); `monge_gap` = one Monge gap map per "
+            "condition trained on that condition's training cells.",
+            "",
+            "| method | " + " | ".join(metrics) + " |",
+            "|---" * (len(metrics) + 1) + "|",
+        ]
+        for method, row in table.iterrows():
+            lines.append(
+                f"| {method} | "
+                + " | ".join(fmt(row[m], row.get(m + "_sd")) for m in metrics)
+                + " |"
+            )
+        if "monge_gap" in table.index:
+            ratio = {
+                m: table.loc[f"{MODEL} (defaults)", m] / table.loc["monge_gap", m] for m in metrics
+            }
+            lines += [
+                "",
+                "condmonge / monge_gap: " + ", ".join(f"{m} {r:.2f}" for m, r in ratio.items()),
+            ]
+        lines.append("")
+    if reps is not None:
+        model = reps[reps["method"] == MODEL]
+        other = reps[(reps["method"] == "linear")]
+        key = ["split", "embedding", "drugs"]
+        a = model.groupby(key, sort=False)[["l2_uvp", "r2_delta_top20", "energy_distance"]].mean()
+        b = other.groupby(key, sort=False)[["l2_uvp"]].mean().add_prefix("linear_")
+        both = a.join(b)
+        lines += [
+            "### Drug representations (sci-Plex-like, seed 0)",
+            "",
+            "| split | embedding | drugs | condmonge l2_uvp ↓ | linear l2_uvp ↓ | "
+            "condmonge r2_delta_top20 ↑ | condmonge energy ↓ |",
+            "|---" * 7 + "|",
+        ]
+        for (split, emb, n), row in both.iterrows():
+            lines.append(
+                f"| {split} | {emb} | {n} | {fmt(row['l2_uvp'])} | "
+                f"{fmt(row['linear_l2_uvp'])} | {fmt(row['r2_delta_top20'])} | "
+                f"{fmt(row['energy_distance'])} |"
+            )
+        lines.append("")
+    return lines
+
+
+def run_task(task: T.Task, sizes: dict[str, Any], args, out: Path) -> tuple[pd.DataFrame, bool]:
+    """Defaults (every seed, with the baselines), tuned (if any) and 2x steps (seed 0)."""
+    seeds = list(range(sizes["seeds"]))
+    frames = [run_variant(task, "defaults", seeds, sizes["steps"], out)]
+    configs = tune_configs(task, sizes, args.tuned, out)
+    if configs:
+        frames.append(run_variant(task, "tuned", seeds, sizes["steps"], out, configs, False))
+    if task.name in sizes["double"]:
+        frames.append(
+            run_variant(task, "defaults, 2x steps", seeds[:1], 2 * sizes["steps"], out,
+                        baselines=False)
+        )  # fmt: skip
+    return pd.concat(frames, ignore_index=True), bool(configs)
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one seed")
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (defaults)")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma list of tasks")
+    parser.add_argument("--tuned", default="auto", help="auto, none or a RUN_DIR of best.yaml")
+    parser.add_argument("--claims", default="in_distribution,representations")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=f"runs/{NAME}")
+    parser.add_argument("--results", default=str(ROOT / "docs" / "results"))
+    parser.add_argument("--no-docs", action="store_true", help="do not edit docs/RESULTS.md")
+    parser.add_argument("--reuse", action="store_true", help="read back finished runs in --out")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    sizes = dict(QUICK if args.quick else FULL)
+    sizes.update({k: v for k, v in (("seeds", args.seeds), ("steps", args.steps)) if v})
+    names = [n for n in args.tasks.split(",") if n]
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; choose from {TASKS}")
+    root = data_dir(args.data_dir, NAME, T.KANG, T.SMILES)
+    out = Path(args.out)
+    start = time.perf_counter()
+    frames, tuned_ran, times = [], {}, {}
+    tasks = build_tasks(names, sizes, root, out)
+    for task in tasks:
+        t0 = time.perf_counter()
+        rows, tuned_ran[task.name] = run_task(task, sizes, args, out)
+        frames.append(rows)
+        times[task.name] = round(time.perf_counter() - t0, 1)
+    rows = pd.concat(frames, ignore_index=True)
+    claims = set(args.claims.split(","))
+    in_dist = reps = None
+    if "in_distribution" in claims:
+        in_dist = claim_in_distribution(sizes, list(range(sizes["seeds"])), out)
+    if "representations" in claims:
+        reps = claim_representations(root, sizes, out)
+    seconds = time.perf_counter() - start
+    report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds)
+
+
+def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds) -> None:
+    """Write the CSV, the JSON, the RESULTS.md tables and print the one JSON line."""
+    table = seed_table(rows, METRICS)
+    won = wins(rows, METRICS)
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ["benchmarks/leaderboard.py", *sys.argv[1:]]
+    )
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    extra = [f for f in (in_dist, reps) if f is not None]
+    pd.concat([rows, *extra], ignore_index=True).to_csv(results / "leaderboard.csv", index=False)
+    record = {
+        "benchmark": NAME, "command": command, "quick": args.quick, "seeds": sizes["seeds"],
+        "steps": sizes["steps"], "tasks": [t.name for t in tasks],
+        "tuned": {k: ("run" if v else "not run") for k, v in tuned_ran.items()},
+        "summary": {f"{t}/{v}": {m: round(float(r[m]), 4) for m in METRICS if pd.notna(r.get(m))}
+                    for (t, v), r in table.iterrows()},
+        "wins": won, "seconds": round(seconds, 1), "task_seconds": times,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }  # fmt: skip
+    (results / "leaderboard.json").write_text(json.dumps(record, indent=2) + "\n")
+    body = [f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s "
+            f"(load average {record['load_average_1min']}); steps {sizes['steps']}, "
+            f"seeds {sizes['seeds']}.", ""]  # fmt: skip
+    body += [task_markdown(t, table, won, tuned_ran[t.name]) + "\n" for t in tasks]
+    body += claims_markdown(in_dist, reps)
+    (results / "leaderboard.md").write_text("# Leaderboard\n\n" + "\n".join(body))
+    if not args.no_docs:
+        update_results(ROOT / "docs" / "RESULTS.md", "\n".join(body))
+    brief = {k: record[k] for k in ("benchmark", "quick", "seeds", "steps", "tuned", "seconds")}
+    brief["wins"] = {f"{w['task']}/{w['variant']}/{w['metric']}": f"{w['wins']}/{w['of']}"
+                     for w in won}  # fmt: skip
+    brief["report"] = str(results / "leaderboard.md")
+    print(json.dumps(brief))
+
+
+START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
+
+
+def update_results(path: Path, body: str) -> None:
+    """Replace the text between the markers (a new section at the end when they are absent)."""
+    text = path.read_text()
+    block = f"{START}\n{body.rstrip()}\n{END}"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Leaderboard (issue 13)\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
