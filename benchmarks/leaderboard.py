@@ -31,7 +31,6 @@ the tables of ``docs/RESULTS.md`` between ``<!-- leaderboard:start -->`` and
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shlex
@@ -50,10 +49,10 @@ from condmonge.config import DataConfig
 from condmonge.evaluate.experiment import _prepare, experiment_config_from_dict
 from condmonge.evaluate.metrics import metric_higher_is_better
 
-try:  # helper module of issue 13 part 3; the leaderboard says "not run" without it
-    from condmonge.tuning import tune
+try:  # issue 13 part 3; without it the tables say "not run"
+    from condmonge.tuning import parse_space, tune
 except ImportError:
-    tune = None
+    parse_space = tune = None
 
 NAME = "leaderboard"
 METRICS = ["r2_delta_top20", "energy_distance", "r2_var", "l2_uvp"]
@@ -61,12 +60,13 @@ ROOT = Path(__file__).resolve().parents[1]
 FULL = {
     "seeds": 3, "steps": 500, "kang_types": T.KANG_TYPES, "drugs": 40, "cells": 50,
     "synthetic_cells": 300, "oracle": True, "scaling": [10, 40, 187], "in_dist_conditions": 8,
-    "tune_trials": 6, "tune_steps": 300, "double": ["norman_combination", "mcfaline_cell_type"],
+    "tune_trials": 3, "tune_tasks": ["norman_combination", "mcfaline_cell_type"],
+    "double": ["norman_combination", "mcfaline_cell_type"],
 }  # fmt: skip
 QUICK = {
     "seeds": 1, "steps": 100, "kang_types": ["CD14+Mono"], "drugs": 20, "cells": 30,
     "synthetic_cells": 100, "oracle": False, "scaling": [10, 20], "in_dist_conditions": 4,
-    "tune_trials": 2, "tune_steps": 60, "double": ["mcfaline_cell_type"],
+    "tune_trials": 2, "tune_tasks": ["mcfaline_cell_type"], "double": ["mcfaline_cell_type"],
 }  # fmt: skip
 TASKS = [
     "norman_combination", "mcfaline_cell_type", "kang_cell_type", "sciplex_drug_out",
@@ -129,7 +129,8 @@ def run_variant(
             full = with_model(tree, steps, seed, task.kind, base)
             if not (baselines and i == 0):
                 full["baselines"] = []
-            where = out / task.name / variant / f"{tag.replace('+', 'p')}_seed{seed}"
+            slug = variant.replace(", ", "_").replace(" ", "_")
+            where = out / task.name / slug / f"{tag.replace('+', 'p')}_seed{seed}"
             rows, _ = run(full, where, f"{task.name}/{tag}")
             rows = rows.rename_axis("condition").reset_index()
             is_model = rows["method"] == MODEL
@@ -152,7 +153,7 @@ def tune_configs(task: T.Task, sizes: dict[str, Any], tuned: str, out: Path) -> 
             if (p := Path(tuned) / task.name / tag / "best.yaml").is_file()
         }
         return found or None
-    if tune is None:
+    if tune is None or task.name not in sizes["tune_tasks"]:
         return None
     return {
         tag: tune_experiment(tree, task.kind, out / task.name / "tune" / tag, sizes)
@@ -165,19 +166,17 @@ def tune_experiment(tree: dict[str, Any], kind: str, where: Path, sizes: dict[st
 
     The split and the embeddings are those of the experiment (``_prepare``: the same code path
     as ``run_experiment``); the test cells never reach ``tune``. Its objective is the library's
-    condition-level validation of held-out training conditions of the task's kind.
+    condition-level validation of held-out training conditions of the task's kind. The step
+    budget is fixed (``train.steps`` leaves the space) so the tuned model trains as long as
+    the defaults.
     """
-    config = experiment_config_from_dict(with_model(tree, sizes["tune_steps"], 0, kind), "tune")
+    config = experiment_config_from_dict(with_model(tree, sizes["steps"], 0, kind), "tune")
     data = _prepare(config, Path("."))
-    options = inspect.signature(tune).parameters
-    kwargs: dict[str, Any] = {"n_trials": sizes["tune_trials"], "storage_dir": where, "seed": 0}
-    if "embeddings" in options:
-        kwargs["embeddings"] = data.embeddings
-    if "space" in options and sizes.get("tune_space"):
-        kwargs["space"] = sizes["tune_space"]
-    where.mkdir(parents=True, exist_ok=True)
-    tune(data.train, config.model, **kwargs)
-    return yaml.safe_load((where / "best.yaml").read_text())
+    result = tune(
+        data.train, config.model, parse_space({"train.steps": None}), sizes["tune_trials"],
+        storage_dir=where, embeddings=data.embeddings, seed=0, progress=False,
+    )  # fmt: skip
+    return result.best_config.model_dump(mode="json")
 
 
 def seed_table(rows: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -238,6 +237,11 @@ def task_markdown(task: T.Task, table: pd.DataFrame, won: list[dict], tuned_ran:
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {int(row['n'])} |")
     if not tuned_ran:
         lines.append(f"| {MODEL} (tuned) | " + " | ".join(["not run"] * len(metrics)) + " | 0 |")
+    oracle = "monge_gap_oracle"
+    if oracle in sub.index and "l2_uvp" in metrics:
+        for method in [m for m in sub.index if str(m).startswith(MODEL)]:
+            ratio = sub.loc[method, "l2_uvp"] / sub.loc[oracle, "l2_uvp"]
+            lines.append(f"\n{method}: L2-UVP {ratio:.2f} x the per-condition oracle's.")
     lines += [
         "",
         "Wins of (condition, seed) pairs over the best non-oracle baseline per metric:",
@@ -247,6 +251,24 @@ def task_markdown(task: T.Task, table: pd.DataFrame, won: list[dict], tuned_ran:
         lines.append(
             f"- {w['variant']}, {w['metric']}: {w['wins']} of {w['of']} vs `{w['best_baseline']}`"
             f" (mean {w['model']:.3f} vs {w['baseline']:.3f})"
+        )
+    return "\n".join(lines)
+
+
+def overview_markdown(won: list[dict[str, Any]]) -> str:
+    """One line per (task, model variant, metric): the model's mean, the best baseline's, wins."""
+    lines = [
+        "| task | model | metric | model mean | best non-oracle baseline | its mean | beats it "
+        "(mean over seeds) | wins (condition, seed) |",
+        "|---" * 8 + "|",
+    ]
+    for w in won:
+        high = metric_higher_is_better(w["metric"])
+        beats = w["model"] > w["baseline"] if high else w["model"] < w["baseline"]
+        lines.append(
+            f"| {w['task']} | {w['variant']} | {w['metric']} {'↑' if high else '↓'} | "
+            f"{w['model']:.3f} | {w['best_baseline']} | {w['baseline']:.3f} | "
+            f"{'**yes**' if beats else 'no'} | {w['wins']} / {w['of']} |"
         )
     return "\n".join(lines)
 
@@ -261,23 +283,29 @@ def claim_in_distribution(sizes: dict[str, Any], seeds: list[int], out: Path) ->
     return run_variant(task, "defaults", seeds, sizes["steps"], out)
 
 
-def claim_representations(root: Path, sizes: dict[str, Any], out: Path) -> pd.DataFrame:
+def claim_representations(
+    root: Path, sizes: dict[str, Any], out: Path, main: pd.DataFrame
+) -> pd.DataFrame:
     """Drug representations on sci-Plex-like (seed 0): drug-out and dose-out, and drug scaling.
 
     Drug-out: ``smiles`` vs ``effect+smiles`` (effect signatures of the training drugs, unseen
     drugs inferred from structure); one-hot cannot place an unseen drug. Dose-out: ``smiles``,
     ``effect`` and ``onehot``. Scaling: drug-out with both at each ``sizes['scaling']`` drugs.
+    The ``smiles`` runs at the main size are the leaderboard's own (seed 0), not rerun.
     """
-    runs = [("drug-out", e, sizes["drugs"]) for e in ("smiles", "effect+smiles")]
+    runs = [("drug-out", e, n) for n in sizes["scaling"] for e in ("smiles", "effect+smiles")]
     runs += [("dose-out", e, sizes["drugs"]) for e in ("smiles", "effect", "onehot")]
-    runs += [("drug-out", e, n) for n in sizes["scaling"] if n != sizes["drugs"]
-             for e in ("smiles", "effect+smiles")]  # fmt: skip
     frames = []
     for split, embedding, n in runs:
-        make = T.sciplex_drug_out if split == "drug-out" else T.sciplex_dose_out
-        task = make(root, n, sizes["cells"], embedding)
-        task = T.Task(f"repr/{split}/{embedding}/{n}", task.title, task.kind, task.experiments)
-        rows = run_variant(task, "defaults", [0], sizes["steps"], out / "representations")
+        name = {"drug-out": "sciplex_drug_out", "dose-out": "sciplex_dose_out"}[split]
+        if embedding == "smiles" and n == sizes["drugs"] and name in set(main["task"]):
+            rows = main[(main["task"] == name) & main["seed"].isin([0, -1])].copy()
+            rows = rows[~rows["variant"].str.contains("tuned|2x")]
+        else:
+            make = T.sciplex_drug_out if split == "drug-out" else T.sciplex_dose_out
+            task = make(root, n, sizes["cells"], embedding)
+            task = T.Task(f"repr/{split}/{embedding}/{n}", task.title, task.kind, task.experiments)
+            rows = run_variant(task, "defaults", [0], sizes["steps"], out / "representations")
         rows.insert(1, "split", split)
         rows.insert(2, "embedding", embedding)
         rows.insert(3, "drugs", n)
@@ -396,7 +424,7 @@ def main() -> None:
     if "in_distribution" in claims:
         in_dist = claim_in_distribution(sizes, list(range(sizes["seeds"])), out)
     if "representations" in claims:
-        reps = claim_representations(root, sizes, out)
+        reps = claim_representations(root, sizes, out, rows)
     seconds = time.perf_counter() - start
     report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds)
 
@@ -410,8 +438,9 @@ def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds) -
     )
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    extra = [f for f in (in_dist, reps) if f is not None]
-    pd.concat([rows, *extra], ignore_index=True).to_csv(results / "leaderboard.csv", index=False)
+    parts = {"leaderboard": rows, "in_distribution": in_dist, "representations": reps}
+    every = [f.assign(part=k) for k, f in parts.items() if f is not None]
+    pd.concat(every, ignore_index=True).to_csv(results / "leaderboard.csv", index=False)
     record = {
         "benchmark": NAME, "command": command, "quick": args.quick, "seeds": sizes["seeds"],
         "steps": sizes["steps"], "tasks": [t.name for t in tasks],
@@ -425,6 +454,7 @@ def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds) -
     body = [f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s "
             f"(load average {record['load_average_1min']}); steps {sizes['steps']}, "
             f"seeds {sizes['seeds']}.", ""]  # fmt: skip
+    body += ["### Overview", "", overview_markdown(won), ""]
     body += [task_markdown(t, table, won, tuned_ran[t.name]) + "\n" for t in tasks]
     body += claims_markdown(in_dist, reps)
     (results / "leaderboard.md").write_text("# Leaderboard\n\n" + "\n".join(body))
