@@ -62,7 +62,7 @@ import yaml  # noqa: E402
 
 import tasks as T  # noqa: E402
 from _gen import MODEL, data_dir, run  # noqa: E402
-from condmonge.config import DataConfig  # noqa: E402
+from condmonge.config import Config, DataConfig  # noqa: E402
 from condmonge.evaluate.experiment import _prepare, experiment_config_from_dict  # noqa: E402
 from condmonge.evaluate.metrics import metric_higher_is_better  # noqa: E402
 
@@ -433,11 +433,15 @@ def main() -> None:
     start = time.perf_counter()
     frames, tuned_ran, times = [], {}, {}
     tasks = build_tasks(names, sizes, root, out)
-    for task in tasks:
+    for i, task in enumerate(tasks):
         t0 = time.perf_counter()
         rows, tuned_ran[task.name] = run_task(task, sizes, args, out)
         frames.append(rows)
         times[task.name] = round(time.perf_counter() - t0, 1)
+        # Tables so far (a run stopped early still leaves them; the JSON line comes last).
+        done = pd.concat(frames, ignore_index=True)
+        seconds = time.perf_counter() - start
+        report(args, sizes, tasks[: i + 1], done, None, None, tuned_ran, times, seconds, False)
     rows = pd.concat(frames, ignore_index=True)
     claims = set(args.claims.split(","))
     in_dist = reps = None
@@ -449,8 +453,8 @@ def main() -> None:
     report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds)
 
 
-def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds) -> None:
-    """Write the CSV, the JSON, the RESULTS.md tables and print the one JSON line."""
+def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds, final=True):
+    """Write the CSV, the JSON, the RESULTS.md tables and (``final``) print the JSON line."""
     table = seed_table(rows, METRICS)
     won = wins(rows, METRICS)
     command = "python " + " ".join(
@@ -468,12 +472,14 @@ def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds) -
         "summary": {f"{t}/{v}": {m: round(float(r[m]), 4) for m in METRICS if pd.notna(r.get(m))}
                     for (t, v), r in table.iterrows()},
         "wins": won, "seconds": round(seconds, 1), "task_seconds": times,
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min": round(os.getloadavg()[0], 2), "complete": final,
     }  # fmt: skip
     (results / "leaderboard.json").write_text(json.dumps(record, indent=2) + "\n")
     body = [f"Command: `{command}`  ", f"Wall time: {seconds:.0f} s "
-            f"(load average {record['load_average_1min']}); steps {sizes['steps']}, "
-            f"seeds {sizes['seeds']}.", ""]  # fmt: skip
+            f"(load average {record['load_average_1min']}); {sizes['steps']} training steps "
+            f"(the budget; the library's default is {Config().train.steps}, with early stopping), "
+            f"seeds 0..{sizes['seeds'] - 1}."
+            + ("" if final else " **Partial: the run had not finished.**"), ""]  # fmt: skip
     body += ["### Overview", "", overview_markdown(won), ""]
     body += [task_markdown(t, table, won, tuned_ran[t.name]) + "\n" for t in tasks]
     body += claims_markdown(in_dist, reps)
@@ -484,7 +490,8 @@ def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds) -
     brief["wins"] = {f"{w['task']}/{w['variant']}/{w['metric']}": f"{w['wins']}/{w['of']}"
                      for w in won}  # fmt: skip
     brief["report"] = str(results / "leaderboard.md")
-    print(json.dumps(brief))
+    if final:
+        print(json.dumps(brief))
 
 
 START, END = "<!-- leaderboard:start -->", "<!-- leaderboard:end -->"
