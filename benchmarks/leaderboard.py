@@ -14,8 +14,9 @@ are deterministic (fixed split seed 0) and are fitted once, with the first seed.
   training seed and the step budget (``--steps``) set; nothing chosen on these tests.
 - ``tuned``: ``condmonge.tuning.tune`` (when the module exists) on each experiment's
   *training* split, its objective the condition-level validation of the training conditions;
-  ``auto`` runs it here with a small budget, ``RUN_DIR`` reads ``RUN_DIR/<task>/<tag>/best.yaml``
-  from an earlier run, ``none`` skips it ("not run" in the tables).
+  ``auto`` runs it here with a small budget, ``RUN_DIR`` reads
+  ``RUN_DIR/<task>/tune/<tag>/best.yaml`` (an earlier run's ``--out``), ``none`` skips it
+  ("not run" in the tables).
 - Metrics: ``r2_delta_top20``, ``energy_distance``, ``r2_var`` (+ ``l2_uvp`` with known maps);
   mean ± sd over seeds of the per-seed means over conditions; **wins** = (condition, seed)
   pairs where the model beats the best non-oracle baseline of that metric (best by its mean).
@@ -168,7 +169,7 @@ def tune_configs(task: T.Task, sizes: dict[str, Any], tuned: str, out: Path) -> 
         found = {
             tag: yaml.safe_load(p.read_text())
             for tag in task.experiments
-            if (p := Path(tuned) / task.name / tag / "best.yaml").is_file()
+            if (p := Path(tuned) / task.name / "tune" / tag / "best.yaml").is_file()
         }
         return found or None
     if tune is None or task.name not in sizes["tune_tasks"]:
@@ -243,7 +244,7 @@ def fmt(value: float, sd: float | None = None) -> str:
     return f"{value:.3f}" if sd is None or pd.isna(sd) or sd == 0 else f"{value:.3f} ± {sd:.3f}"
 
 
-def task_markdown(task: T.Task, table: pd.DataFrame, won: list[dict], tuned_ran: bool) -> str:
+def task_markdown(task: T.Task, table: pd.DataFrame, won: list[dict], tuned: str) -> str:
     """One task's table (methods x metrics, mean ± sd over seeds) and its win counts."""
     sub = table.loc[task.name]
     metrics = [m for m in METRICS if m in sub and sub[m].notna().any()]
@@ -253,8 +254,8 @@ def task_markdown(task: T.Task, table: pd.DataFrame, won: list[dict], tuned_ran:
     for method, row in sub.iterrows():
         cells = [fmt(row[m], row.get(m + "_sd")) for m in metrics]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {int(row['n'])} |")
-    if not tuned_ran:
-        lines.append(f"| {MODEL} (tuned) | " + " | ".join(["not run"] * len(metrics)) + " | 0 |")
+    if tuned != "run":
+        lines.append(f"| {MODEL} (tuned) | " + " | ".join([tuned] * len(metrics)) + " | 0 |")
     oracle = "monge_gap_oracle"
     if oracle in sub.index and "l2_uvp" in metrics:
         for method in [m for m in sub.index if str(m).startswith(MODEL)]:
@@ -388,19 +389,34 @@ def claims_markdown(in_dist: pd.DataFrame | None, reps: pd.DataFrame | None) -> 
     return lines
 
 
-def run_task(task: T.Task, sizes: dict[str, Any], args, out: Path) -> tuple[pd.DataFrame, bool]:
-    """Defaults (every seed, with the baselines), tuned (if any) and 2x steps (seed 0)."""
+def tuned_status(task: T.Task, sizes: dict[str, Any], tuned: str) -> str:
+    """What the tables say until (unless) the tuned phase of ``task`` runs."""
+    if tuned == "none":
+        return "not run (--tuned none)"
+    if tuned == "auto" and tune is None:
+        return "not run (no condmonge.tuning)"
+    if tuned == "auto" and task.name not in sizes["tune_tasks"]:
+        return "not run (time budget)"
+    return "not run"
+
+
+def run_phase(task: T.Task, phase: str, sizes: dict[str, Any], args, out: Path):
+    """One phase of a task: ``defaults`` (every seed, with the baselines), ``tuned`` (when
+    ``tune`` ran) or ``2x`` (twice the steps, seed 0); ``None`` when it does not apply."""
     seeds = list(range(sizes["seeds"]))
-    frames = [run_variant(task, "defaults", seeds, sizes["steps"], out)]
-    configs = tune_configs(task, sizes, args.tuned, out)
-    if configs:
-        frames.append(run_variant(task, "tuned", seeds, sizes["steps"], out, configs, False))
+    if phase == "defaults":
+        return run_variant(task, "defaults", seeds, sizes["steps"], out)
+    if phase == "tuned":
+        configs = tune_configs(task, sizes, args.tuned, out)
+        return (
+            run_variant(task, "tuned", seeds, sizes["steps"], out, configs, False)
+            if configs
+            else None
+        )
     if task.name in sizes["double"]:
-        frames.append(
-            run_variant(task, "defaults, 2x steps", seeds[:1], 2 * sizes["steps"], out,
-                        baselines=False)
-        )  # fmt: skip
-    return pd.concat(frames, ignore_index=True), bool(configs)
+        return run_variant(task, "defaults, 2x steps", seeds[:1], 2 * sizes["steps"], out,
+                           baselines=False)  # fmt: skip
+    return None
 
 
 def parse_args() -> argparse.Namespace:
@@ -433,15 +449,22 @@ def main() -> None:
     start = time.perf_counter()
     frames, tuned_ran, times = [], {}, {}
     tasks = build_tasks(names, sizes, root, out)
-    for i, task in enumerate(tasks):
-        t0 = time.perf_counter()
-        rows, tuned_ran[task.name] = run_task(task, sizes, args, out)
-        frames.append(rows)
-        times[task.name] = round(time.perf_counter() - t0, 1)
-        # Tables so far (a run stopped early still leaves them; the JSON line comes last).
-        done = pd.concat(frames, ignore_index=True)
-        seconds = time.perf_counter() - start
-        report(args, sizes, tasks[: i + 1], done, None, None, tuned_ran, times, seconds, False)
+    # Every task's defaults first, then tuned, then 2x steps: a run cut short keeps the most.
+    for phase in ("defaults", "tuned", "2x"):
+        for task in tasks:
+            t0 = time.perf_counter()
+            rows = run_phase(task, phase, sizes, args, out)
+            if rows is None:
+                continue
+            if phase == "defaults":
+                tuned_ran[task.name] = tuned_status(task, sizes, args.tuned)
+            if phase == "tuned":
+                tuned_ran[task.name] = "run"
+            frames.append(rows)
+            times[f"{task.name}/{phase}"] = round(time.perf_counter() - t0, 1)
+            done = pd.concat(frames, ignore_index=True)
+            report(args, sizes, [t for t in tasks if t.name in set(done["task"])], done,
+                   None, None, tuned_ran, times, time.perf_counter() - start, False)  # fmt: skip
     rows = pd.concat(frames, ignore_index=True)
     claims = set(args.claims.split(","))
     in_dist = reps = None
@@ -468,7 +491,7 @@ def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds, f
     record = {
         "benchmark": NAME, "command": command, "quick": args.quick, "seeds": sizes["seeds"],
         "steps": sizes["steps"], "tasks": [t.name for t in tasks],
-        "tuned": {k: ("run" if v else "not run") for k, v in tuned_ran.items()},
+        "tuned": tuned_ran,
         "summary": {f"{t}/{v}": {m: round(float(r[m]), 4) for m in METRICS if pd.notna(r.get(m))}
                     for (t, v), r in table.iterrows()},
         "wins": won, "seconds": round(seconds, 1), "task_seconds": times,
