@@ -30,11 +30,10 @@ import numpy as np
 
 def _write(path: Path, args: argparse.Namespace, prediction: bool) -> None:
     """Write one sparse h5ad, ``--chunk`` conditions at a time; never all in memory."""
-    import anndata as ad
-    import h5py
     import pandas as pd
     import scipy.sparse as sp
-    from anndata.io import sparse_dataset, write_elem
+
+    from _h5ad import write_sparse_h5ad
 
     rng = np.random.default_rng(args.seed)  # same shifts for truth and prediction
     k, n, g = args.conditions, args.cells, args.genes
@@ -58,21 +57,12 @@ def _write(path: Path, args: argparse.Namespace, prediction: bool) -> None:
             x += (0.8 if prediction else 1.0) * shifts[j]
         return sp.csr_matrix(np.maximum(x, 0.0))
 
-    with h5py.File(path, "w") as f:
-        f.attrs["encoding-type"] = "anndata"
-        f.attrs["encoding-version"] = "0.1.0"
-        write_elem(f, "obs", obs)
-        write_elem(f, "var", var)
-        for name in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
-            write_elem(f, name, {})
-        order = ([] if prediction else [-1]) + list(range(k))
-        for start in range(0, len(order), args.chunk):
-            chunk = sp.vstack([block(j) for j in order[start : start + args.chunk]]).tocsr()
-            if start == 0:
-                write_elem(f, "X", chunk)
-            else:
-                sparse_dataset(f["X"]).append(chunk)
-    del ad  # imported for its side effect of registering the writers
+    order = ([] if prediction else [-1]) + list(range(k))
+    chunks = (
+        sp.vstack([block(j) for j in order[start : start + args.chunk]]).tocsr()
+        for start in range(0, len(order), args.chunk)
+    )
+    write_sparse_h5ad(path, obs, var, chunks)
 
 
 def main() -> None:

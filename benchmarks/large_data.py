@@ -30,11 +30,10 @@ import numpy as np
 
 def write_synthetic(path: Path, args: argparse.Namespace) -> dict:
     """Write the synthetic sparse h5ad in chunks of ``args.chunk`` cells; never all in memory."""
-    import anndata as ad
-    import h5py
     import pandas as pd
     import scipy.sparse as sp
-    from anndata.io import sparse_dataset, write_elem
+
+    from _h5ad import write_sparse_h5ad
 
     rng = np.random.default_rng(args.seed)
     n, g, k, q = args.cells, args.genes, args.conditions, 10
@@ -55,26 +54,16 @@ def write_synthetic(path: Path, args: argparse.Namespace) -> dict:
         index=pd.Index([f"cell{i}" for i in range(n)]),
     )
     var = pd.DataFrame(index=pd.Index([f"gene{j}" for j in range(g)]))
-    nnz = 0
-    with h5py.File(path, "w") as f:
-        f.attrs["encoding-type"] = "anndata"
-        f.attrs["encoding-version"] = "0.1.0"
-        write_elem(f, "obs", obs)
-        write_elem(f, "var", var)
-        for name in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
-            write_elem(f, name, {})
+
+    def blocks():
         for start in range(0, n, args.chunk):
             lab = labels[start : start + args.chunk]
             z = centres[rng.integers(0, 3, lab.size)] + rng.normal(size=(lab.size, q))
             z = z * scale[lab] + shift[lab]
             x = z @ readout - threshold + rng.normal(scale=0.1, size=(lab.size, g))
-            block = sp.csr_matrix(np.maximum(x, 0.0).astype(np.float32))
-            nnz += block.nnz
-            if start == 0:
-                write_elem(f, "X", block)
-            else:
-                sparse_dataset(f["X"]).append(block)
-    del ad  # imported for its side effect of registering the writers
+            yield sp.csr_matrix(np.maximum(x, 0.0).astype(np.float32))
+
+    nnz = write_sparse_h5ad(path, obs, var, blocks())
     return {"nnz": int(nnz), "density": round(nnz / (n * g), 4)}
 
 

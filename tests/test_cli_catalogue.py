@@ -1,11 +1,13 @@
-"""Catalogue of wrong command lines: each runs the CLI in a subprocess and must end with exit
-code 2, exactly one ``error: ...`` line on stderr, no traceback, and no model left behind.
+"""Catalogue of wrong command lines: each goes through the CLI's entry point in a subprocess
+(the cases of one group share it: ``tests/cli_batch.py``) and must end with exit code 2, exactly
+one ``error: ...`` line on stderr, no traceback, and no model left behind.
 
 The "Command line" part of ``docs/ERRORS.md`` is generated from the messages these cases
 produce; after changing one, regenerate it with
 ``CONDMONGE_WRITE_ERRORS_DOC=1 pytest tests/test_cli_catalogue.py -m "slow or not slow"``.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -178,27 +180,56 @@ CASES = [
 RESULTS: dict[str, str] = {}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param(c, id=c.id, marks=() if c.fast else pytest.mark.slow) for c in CASES],
-)
-def test_wrong_command_line_is_one_error_line(ws, tmp_path, case):
+def _case_args(case: Case, ws: Path, tmp: Path) -> list[str]:
     fmt = {
         "ws": ws,
-        "tmp": tmp_path,
+        "tmp": tmp,
         "data": ws / "data.h5ad",
         "plain": ws / "plain.h5ad",
         "run": ws / "run",
         "run_plain": ws / "run_plain",
     }
-    args = [a.replace("''", "") for a in case.args.format(**fmt).split()]
-    result = run_cli(*args)
-    assert "Traceback" not in result.stderr
+    return [a.replace("''", "") for a in case.args.format(**fmt).split()]
+
+
+@pytest.fixture(scope="module")
+def outcomes(ws, tmp_path_factory):
+    """``{fast: {case id: (result, tmp dir)}}``, each group run on first use in one subprocess.
+
+    One interpreter per group runs every command line through ``condmonge.cli.main`` (see
+    ``tests/cli_batch.py``): the checks are those of the console script, and JAX is imported
+    once instead of once per case.
+    """
+    cache: dict[bool, dict[str, tuple[dict, Path]]] = {}
+
+    def get(fast: bool) -> dict[str, tuple[dict, Path]]:
+        if fast not in cache:
+            group = [c for c in CASES if c.fast == fast]
+            tmps = [tmp_path_factory.mktemp(c.id) for c in group]
+            commands = [_case_args(c, ws, t) for c, t in zip(group, tmps, strict=True)]
+            done = subprocess.run(
+                [sys.executable, str(Path(__file__).parent / "cli_batch.py")],
+                input=json.dumps(commands), capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            results = json.loads(done.stdout)
+            cache[fast] = {c.id: (r, t) for c, r, t in zip(group, results, tmps, strict=True)}
+        return cache[fast]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, id=c.id, marks=() if c.fast else pytest.mark.slow) for c in CASES],
+)
+def test_wrong_command_line_is_one_error_line(ws, outcomes, case):
+    result, tmp_path = outcomes(case.fast)[case.id]
+    assert "Traceback" not in result["stderr"]
     # user-facing warnings (one line each) may come first; then exactly one error line
     lines = [
-        line for line in result.stderr.strip().splitlines() if not line.startswith("warning: ")
+        line for line in result["stderr"].strip().splitlines() if not line.startswith("warning: ")
     ]
-    assert result.returncode == 2, result.stderr
+    assert result["code"] == 2, result["stderr"]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert case.match in lines[0], lines[0]
     assert not (tmp_path / "r" / "model.safetensors").exists()  # a failed train leaves no model
@@ -300,7 +331,8 @@ def _render(results: dict[str, str]) -> str:
         "",
         "## Command line",
         "",
-        "Each case runs `condmonge ...` in a subprocess (`tests/test_cli_catalogue.py`): exit"
+        "Each case runs `condmonge ...` through the command's entry point in a subprocess"
+        " (`tests/test_cli_catalogue.py`): exit"
         " code 2, this one line on stderr, no traceback, and no model left behind by a failed"
         " `train`. `<tmp>` and `<data>` stand for the test's directories. An unexpected"
         " exception (a bug) exits with code 1 and one line that names the log file holding its"

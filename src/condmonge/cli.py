@@ -155,11 +155,25 @@ def train(
         str | None, typer.Option(help=SPLIT_KEY_HELP.format(side="train on its 'train' cells"))
     ] = None,
     n_pca: Annotated[
-        int | None,
+        str | None,
         typer.Option(
-            min=1,
-            help="Train in this many principal components of the training cells (predictions "
-            "stay in gene space).",
+            help="Train in principal components of the training cells: a number, auto "
+            "(by explained variance, for more than 200 features) or none (predictions stay in "
+            "gene space).",
+        ),
+    ] = None,
+    validation: Annotated[
+        str | None,
+        typer.Option(
+            help="Model selection on held-back: auto (conditions of the kind the holdout "
+            "asks, when there are enough) | conditions | cells."
+        ),
+    ] = None,
+    validation_kind: Annotated[
+        str | None,
+        typer.Option(
+            help="Held-back conditions: auto | combination | perturbation | cell_type | dose "
+            "| covariate | random."
         ),
     ] = None,
     use_rep: Annotated[
@@ -217,6 +231,8 @@ def train(
             covariates=covariate_key or [],
             overrides={
                 "data.n_pca": n_pca,
+                "data.validation": validation,
+                "data.validation_kind": validation_kind,
                 "data.use_rep": use_rep,
                 "data.modality": modality,
                 "data.features": tuple(parse_items(features, "--features") or []) or None,
@@ -226,9 +242,10 @@ def train(
         _train_interrupted(exc, out, had_checkpoint)
     typer.echo(
         f"trained {len(model.conditions)} conditions for {int(model.state.step)} steps "
-        f"(best validation loss {model.loop.best_val_loss:.4g} at step "
+        f"(best validation fit {model.loop.best_val_loss:.4g} at step "
         f"{model.loop.best_step}); checkpoint, history.csv and loss.png in {out}"
     )
+    typer.echo(start().validation_line(model.validation))
 
 
 def _train_interrupted(exc: KeyboardInterrupt, out: Path, had_checkpoint: bool) -> None:

@@ -19,17 +19,19 @@ import numpy as np
 import pandas as pd
 
 from condmonge.conditions.encoders import read_table
+from condmonge.conditions.query import check_request
 from condmonge.conditions.smiles import parse_smiles_spec
 from condmonge.conditions.spec import parse_covariate
 from condmonge.config import Config, DataConfig, load_config
-from condmonge.data.spec import ConditionSpec
+from condmonge.data.prepare import label_cells
+from condmonge.data.spec import Condition, ConditionSpec
 from condmonge.data.splits import SplitPlan, make_split, split_summary
 from condmonge.data.tables import TABLE_SUFFIXES, read_cells, write_cells
 from condmonge.data.tables import read_query as read_query_table
 from condmonge.demo import run_demo
-from condmonge.errors import DataError, UnknownConditionError, suggest
+from condmonge.errors import DataError, suggest
 from condmonge.evaluate.experiment import load_experiment_config, run_experiment
-from condmonge.evaluate.report import plot_history, to_markdown
+from condmonge.evaluate.report import plot_history, to_markdown, validation_line
 from condmonge.files import replace_atomically
 from condmonge.model import ConditionalMonge
 
@@ -44,6 +46,7 @@ __all__ = [
     "show_warnings_plainly",
     "split",
     "train",
+    "validation_line",
 ]
 
 _log = logging.getLogger("condmonge")
@@ -160,11 +163,27 @@ def train(  # noqa: PLR0913  the parsed flags of one command
     if adata.n_vars == 0 and spec.use_rep is None:
         raise DataError(f"'{data}' has no genes (adata.n_vars == 0); train on a matrix with genes")
     model = ConditionalMonge(cfg).fit(
-        adata, spec=spec, embeddings=tables, checkpoint_dir=out, **fit_args
+        adata,
+        spec=spec,
+        embeddings=tables,
+        checkpoint_dir=out,
+        test_conditions=split_test_conditions(cells, split_key[0], spec),
+        **fit_args,
     )
     model.save(out)
     write_history(model.history, out)
     return model
+
+
+def split_test_conditions(cells: ad.AnnData, column: str, spec: ConditionSpec) -> list[Condition]:
+    """The treated conditions of the split column's 'test' side (none without the column).
+
+    They decide the kind of condition-level validation (``data.validation_kind: auto``).
+    """
+    if column not in cells.obs:
+        return []
+    test = cells[cells.obs[column].astype(str).to_numpy() == "test"]
+    return label_cells(test, spec).conditions if test.n_obs else []
 
 
 def covariate_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -231,41 +250,6 @@ def read_query(path: Path, d: DataConfig) -> pd.DataFrame:
     return table
 
 
-def _check_flags(model: ConditionalMonge, dose: str | None, cell_type: str | None) -> None:
-    d = model.config.data
-    if dose is not None and d.dose_key is None:
-        raise DataError(
-            f"--dose {dose}: the model was trained without doses (no data.dose_key), so a "
-            "dose cannot change its predictions; leave out --dose"
-        )
-    if cell_type is not None and d.cell_type_key is None:
-        raise DataError(
-            f"--cell-type {cell_type}: the model was trained without cell types (no "
-            "data.cell_type_key); leave out --cell-type"
-        )
-    if cell_type is not None:
-        known = sorted({str(c.cell_type) for c in model.conditions})
-        if cell_type not in known:
-            raise UnknownConditionError(
-                f"--cell-type '{cell_type}' was not seen in training{suggest(cell_type, known)}; "
-                f"known cell types: {', '.join(known[:12])}"
-            )
-
-
-def _dedupe(labels: list[str], sep: str) -> list[str]:
-    """Refuse labels that name the same condition twice (``A+B`` and ``B+A``)."""
-    seen: dict[tuple[str, ...], str] = {}
-    for label in labels:
-        key = tuple(sorted(p.strip() for p in label.split(sep)))
-        if key in seen:
-            raise DataError(
-                f"--conditions lists the same condition twice ({seen[key]!r} and {label!r}: the "
-                "order of a combination does not matter); give each once"
-            )
-        seen[key] = label
-    return labels
-
-
 def test_side_query(adata: ad.AnnData, d: DataConfig) -> pd.DataFrame:
     """One query row per treated condition (dose, cell type) present in ``adata``."""
     columns = [c for c in (d.condition_key, d.dose_key, d.cell_type_key) if c is not None]
@@ -297,7 +281,8 @@ def predict(
         raise DataError("give either --conditions or --query, not both")
     model = ConditionalMonge.load(run_dir)
     d = model.config.data
-    _check_flags(model, dose, cell_type)
+    labels = conditions
+    check_request(d.spec, model.conditions, labels, dose, cell_type)
     features = None if d.use_rep else model.feature_names
     full = read_cells(data, model.config.data.spec.obs_keys, features=features)
     adata = select_side(full, *split_key, "test")
@@ -305,7 +290,7 @@ def predict(
     if query is not None:
         wanted = read_query(query, d)
     elif conditions is not None:
-        wanted = _dedupe(conditions, d.combination_sep)
+        wanted = labels
     elif adata is not full and d.condition_key in adata.obs:
         wanted = test_side_query(adata, d)
     pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type)

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from condmonge.data.spec import ConditionSpec
 from condmonge.errors import ConfigError
@@ -103,13 +110,31 @@ class DataConfig(_Strict):
     use_rep: str | None = Field(
         default=None, description="obsm key to train on (e.g. 'X_pca'); None uses X."
     )
-    n_pca: int | None = Field(
+    n_pca: int | Literal["auto"] | None = Field(
         default=None,
-        gt=0,
         description="train in this many principal components of the training cells; "
         "predictions are returned in gene space",
     )
-    validation_fraction: float = Field(default=0.1, ge=0.0, lt=0.9)
+    validation_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=0.9,
+        description="share of each condition's cells held back when validating on cells",
+    )
+    # Model selection (early stopping, best parameters) on held-back training *conditions* of
+    # the kind the test set asks about (condmonge.data.validation); "cells" is the old
+    # held-back-cells validation, the fallback when too few conditions exist.
+    validation: Literal["auto", "conditions", "cells"] = "auto"
+    validation_kind: Literal[
+        "auto", "combination", "perturbation", "cell_type", "dose", "covariate", "random"
+    ] = "auto"
+    validation_conditions: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="share of the candidate training conditions held back for validation "
+        "(at least one; chosen by train.seed)",
+    )
     # What X measures: the raw-count / log checks apply to rna only; "auto" detects it
     # (condmonge.data.anndata_io.detect_modality) and the fitted model stores the result.
     modality: Literal["auto", "rna", "protein", "generic"] = "auto"
@@ -122,6 +147,26 @@ class DataConfig(_Strict):
     features: tuple[str, ...] = Field(
         default=(), description="table inputs: feature columns (names or globs); () = numeric"
     )
+
+    @field_validator("n_pca", mode="before")
+    @classmethod
+    def _parse_n_pca(cls, value: Any) -> Any:
+        # The command line passes text: "auto", "none" or a number.
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("none", "null", ""):
+                return None
+            if text != "auto" and not text.isdigit():
+                raise ValueError(f"n_pca must be a number, 'auto' or 'none', not {value!r}")
+            return text if text == "auto" else int(text)
+        return value
+
+    @field_validator("n_pca")
+    @classmethod
+    def _positive_n_pca(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"n_pca must be a number >= 1, 'auto' or none, not {value}")
+        return value
 
     @model_validator(mode="after")
     def _covariates_are_declared(self) -> DataConfig:

@@ -29,7 +29,11 @@ COMMENTS = {
     "data.combination_sep": "separator of perturbations in a combination label",
     "data.use_rep": "obsm key to train on (e.g. X_pca) instead of X; null: X",
     "data.n_pca": "train in this many principal components of the training cells; null: genes",
-    "data.validation_fraction": "fraction of each condition's cells kept for validation",
+    "data.validation_fraction": "fraction of each condition's cells kept for cells validation",
+    "data.validation": "model selection on held-back: auto | conditions | cells",
+    "data.validation_kind": "held-back conditions: auto (from the holdout) | combination | "
+    "perturbation | cell_type | dose | covariate | random",
+    "data.validation_conditions": "share of the candidate training conditions held back",
     "model.hidden_dim": "width of the hidden layers of f",
     "model.n_layers": "number of hidden layers of f",
     "model.condition_dim": "size of the condition embedding h(c)",

@@ -36,7 +36,7 @@ __all__ = ["ConditionalMonge"]
 #: ``fit`` keywords that override the matching config entries.
 _SPEC_OPTIONS = ("dose_key", "cell_type_key", "covariate_keys", "use_rep")
 _TRAIN_OPTIONS = ("steps", "seed")
-_RUN_OPTIONS = ("checkpoint_dir", "resume")
+_RUN_OPTIONS = ("checkpoint_dir", "resume", "test_conditions")
 
 
 class ConditionalMonge:
@@ -56,6 +56,7 @@ class ConditionalMonge:
     feature_names = FromTrained([])
     conditions = FromTrained([])
     holdout = FromTrained([])
+    validation = FromTrained()  # how the parameters were chosen (held-back conditions or cells)
     encoder = FromTrained()
     projection = FromTrained()
     params = FromTrained()
@@ -118,7 +119,8 @@ class ConditionalMonge:
           holdout: condition labels (``"A+B"``) or keys kept out of training.
           **options: ``dose_key``, ``cell_type_key``, ``covariate_keys``, ``use_rep`` (spec
             fields), ``steps``, ``seed`` (config.train), ``checkpoint_dir`` (write checkpoints
-            there) and ``resume`` (continue from its checkpoint).
+            there), ``resume`` (continue from its checkpoint) and ``test_conditions`` (test
+            conditions absent from ``adata``, which decide the kind of validation).
 
         Returns:
           ``self``, trained; ``self.params`` are the parameters with the best validation loss.

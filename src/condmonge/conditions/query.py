@@ -13,9 +13,9 @@ import pandas as pd
 
 from condmonge.data.prepare import make_condition
 from condmonge.data.spec import Condition, ConditionSpec
-from condmonge.errors import DataError, UnknownConditionError
+from condmonge.errors import DataError, UnknownConditionError, suggest
 
-__all__ = ["Query", "resolve_query"]
+__all__ = ["Query", "check_request", "resolve_query"]
 
 #: Labels (``"A+B"``), :class:`Condition` objects, a table of condition columns, or ``None``.
 Query = Sequence[str | Condition] | pd.DataFrame | None
@@ -43,7 +43,12 @@ def resolve_query(
 
     Returns:
       The conditions, in query order (cell types within a label in sorted order).
+
+    Raises:
+      DataError, UnknownConditionError: see :func:`check_request`.
     """
+    labels = None if query is None or isinstance(query, pd.DataFrame) else list(query)
+    check_request(spec, trained, labels, dose, cell_type)
     if query is None:
         if dose is None and cell_type is None:
             return [
@@ -138,3 +143,66 @@ def _covariate(row: pd.Series, key: str, index: object) -> float:
             f"the query table's covariate '{key}' is not a number at row {index} "
             f"('{row[key]}'); give numbers (e.g. 48 for 48 h)"
         ) from None
+
+
+def check_request(
+    spec: ConditionSpec,
+    trained: Sequence[Condition],
+    labels: Sequence[str | Condition] | None = None,
+    dose: float | str | None = None,
+    cell_type: str | None = None,
+) -> None:
+    """Refuse a request the model cannot answer as asked, before any data is read.
+
+    Args:
+      spec: the obs columns the model was trained with.
+      trained: the training conditions.
+      labels: the asked labels (``None``: a table or every training condition).
+      dose, cell_type: the request's dose and cell type (``--dose``, ``--cell-type``).
+
+    Raises:
+      DataError: a dose or cell type for a model trained without them, or labels that are
+        empty or name one condition twice (``A+B`` and ``B+A``).
+      UnknownConditionError: a cell type not seen in training.
+    """
+    if dose is not None and spec.dose_key is None:
+        raise DataError(
+            f"--dose {dose}: the model was trained without doses (no data.dose_key), so a "
+            "dose cannot change its predictions; leave out --dose (dose= in Python)"
+        )
+    if cell_type is not None and spec.cell_type_key is None:
+        raise DataError(
+            f"--cell-type {cell_type}: the model was trained without cell types (no "
+            "data.cell_type_key); leave out --cell-type (cell_type= in Python)"
+        )
+    if cell_type is not None:
+        known = sorted({str(c.cell_type) for c in trained})
+        if cell_type not in known:
+            raise UnknownConditionError(
+                f"--cell-type '{cell_type}' was not seen in training{suggest(cell_type, known)}; "
+                f"known cell types: {', '.join(known[:12])}"
+            )
+    if labels is not None:
+        _check_labels(labels, spec.combination_sep)
+
+
+def _check_labels(labels: Sequence[str | Condition], sep: str) -> None:
+    """Refuse an empty list and labels that name the same condition twice."""
+    if not labels:
+        raise DataError(
+            "no conditions asked (an empty list); name at least one, e.g. 'A+B', or pass None "
+            "for every training condition"
+        )
+    seen: dict[object, str] = {}
+    for label in labels:
+        text = label.key(sep) if isinstance(label, Condition) else label
+        # A Condition is its own key; a label's perturbations are a set (A+B is B+A).
+        key = (
+            label if isinstance(label, Condition) else frozenset(p.strip() for p in text.split(sep))
+        )
+        if key in seen:
+            raise DataError(
+                f"--conditions lists the same condition twice ({seen[key]!r} and {text!r}: the "
+                "order of a combination does not matter); give each once"
+            )
+        seen[key] = text

@@ -79,7 +79,7 @@ def validate_adata(adata: ad.AnnData, cfg: DataConfig, *, require_treated: bool 
     require_unique_names(adata.obs_names, "adata.obs_names", "obs_names_make_unique")
     if cfg.dose_key is not None:
         _check_doses(adata.obs[cfg.dose_key], labels != cfg.control, cfg)
-    if cfg.n_pca is not None and cfg.use_rep is not None:
+    if isinstance(cfg.n_pca, int) and cfg.use_rep is not None:  # "auto" skips a use_rep
         raise DataError(
             f"set either use_rep ('{cfg.use_rep}') or n_pca ({cfg.n_pca}), not both: n_pca "
             "computes its own PCA of X"

@@ -48,7 +48,13 @@ from rich.progress import Progress
 from condmonge.errors import DataError
 
 __all__ = [
+    "AUTO_MAX_COMPONENTS",
+    "AUTO_MIN_FEATURES",
+    "AUTO_SHARE",
+    "AUTO_SPECTRUM",
     "EXACT_MAX_DIM",
+    "auto_components",
+    "fit_auto_pca",
     "PCAResult",
     "Projection",
     "check_n_components",
@@ -222,6 +228,51 @@ def fit_pca(
     """
     result = principal_axes(x, n_components, solver=solver, seed=seed)
     return Projection(result.mean.astype(np.float32), result.components.astype(np.float32))
+
+
+#: ``data.n_pca: auto`` projects inputs with more features than this (protein panels and other
+#: low-dimensional inputs stay as they are).
+AUTO_MIN_FEATURES = 200
+#: ``auto``: the spectrum the explained variance is measured on, the share to reach, the cap.
+AUTO_SPECTRUM, AUTO_SHARE, AUTO_MAX_COMPONENTS = 100, 0.9, 50
+
+
+def auto_components(
+    variances: np.ndarray, share: float = AUTO_SHARE, cap: int = AUTO_MAX_COMPONENTS
+) -> int:
+    r"""The smallest ``k`` whose components explain ``share`` of the variance in ``variances``.
+
+    .. math::
+        k = \min\Big(\mathrm{cap},\ \min\{k : \textstyle\sum_{i \le k} \lambda_i \ge
+        \mathrm{share} \sum_i \lambda_i\}\Big)
+
+    Args:
+      variances: ``[q]`` leading eigenvalues, decreasing (the top-:data:`AUTO_SPECTRUM`).
+      share: the share of their sum to reach.
+      cap: the largest ``k``.
+    """
+    cumulative = np.cumsum(np.asarray(variances, np.float64))
+    if cumulative.size == 0 or cumulative[-1] <= 0:
+        return 1
+    k = int(np.searchsorted(cumulative, share * cumulative[-1]) + 1)
+    return max(1, min(k, cap, cumulative.size))
+
+
+def fit_auto_pca(x: np.ndarray | sp.spmatrix, *, seed: int = 0) -> Projection:
+    """``data.n_pca: auto``: a PCA of ``x [n, d]`` sized by :func:`auto_components`.
+
+    The rule: fit the top :data:`AUTO_SPECTRUM` components (fewer when ``min(n, d)`` is
+    smaller) and keep the smallest number that explains :data:`AUTO_SHARE` of *their* variance,
+    at most :data:`AUTO_MAX_COMPONENTS`.
+
+    Args:
+      x: ``[n, d]`` training cells, dense or sparse.
+      seed: seed of the randomized solver.
+    """
+    q = min(AUTO_SPECTRUM, *x.shape)
+    result = principal_axes(x, q, seed=seed)
+    k = auto_components(result.variances)
+    return Projection(result.mean.astype(np.float32), result.components[:, :k].astype(np.float32))
 
 
 def pca_scores(x: np.ndarray, n_components: int) -> np.ndarray:

@@ -161,39 +161,39 @@ def build_pools(
     condition_ids: Sequence[int],
     validation_fraction: float,
     seed: int,
+    validation_ids: Sequence[int] | None = None,
 ) -> tuple[CellPools, CellPools]:
     """Training and validation pools for the given conditions.
 
-    Each condition's treated cells and each cell type's controls are split at random into a
-    training and a validation part (``validation_fraction``; at least one cell stays in
-    training). A group too small to spare a validation cell is validated on its training cells.
+    Without ``validation_ids``, each condition's treated cells and each cell type's controls
+    are split at random into a training and a validation part (``validation_fraction``; at
+    least one cell stays in training); a group too small to spare a validation cell is
+    validated on its training cells. With ``validation_ids`` (condition-level validation) the
+    training pools hold every cell of ``condition_ids`` and the validation pools every cell of
+    ``validation_ids``, each with all the controls of its cell type as sources.
     """
     rng = np.random.default_rng(seed)
     control_rows = np.flatnonzero(cells.is_control)
+    by_conditions = validation_ids is not None
     control_split = {
         cell_type: _split_rows(
             rng,
             control_rows[cells.cell_type_of_cell[control_rows] == cell_type],
-            validation_fraction,
+            0.0 if by_conditions else validation_fraction,
         )
         for cell_type in pd.unique(cells.cell_type_of_cell[control_rows])
     }
     train_t, val_t, train_s, val_s = [], [], [], []
     for cid in condition_ids:
-        cond = cells.conditions[cid]
-        rows = np.flatnonzero(cells.condition_of_cell == cid)
-        if rows.size == 0:
-            raise DataError(f"condition '{cond.key()}' has no cells")
-        if cond.cell_type not in control_split:
-            raise DataError(
-                f"cell type '{cond.cell_type}' has treated cells ({cond.label()}) but no control "
-                "cells; add its controls or drop its cells"
-            )
-        tr, va = _split_rows(rng, rows, validation_fraction)
+        rows = _condition_rows(cells, cid, control_split)
+        tr, va = (rows, rows) if by_conditions else _split_rows(rng, rows, validation_fraction)
         train_t.append(tr)
         val_t.append(va)
-        train_s.append(control_split[cond.cell_type][0])
-        val_s.append(control_split[cond.cell_type][1])
+        train_s.append(control_split[cells.conditions[cid].cell_type][0])
+        val_s.append(control_split[cells.conditions[cid].cell_type][1])
+    if by_conditions:
+        val_t = [_condition_rows(cells, cid, control_split) for cid in validation_ids]
+        val_s = [control_split[cells.conditions[cid].cell_type][1] for cid in validation_ids]
     # Store each distinct cell row once and remap indices into the compact matrix.
     used = np.unique(
         np.concatenate(train_t + val_t + [r for pair in control_split.values() for r in pair])
@@ -202,6 +202,20 @@ def build_pools(
     remap[used] = np.arange(used.size)
     compact = np.ascontiguousarray(features[used], dtype=np.float32)
     return _pools(compact, remap, train_t, train_s), _pools(compact, remap, val_t, val_s)
+
+
+def _condition_rows(cells: LabelledCells, cid: int, control_split: dict) -> np.ndarray:
+    """The treated rows of condition ``cid``, checked to have cells and controls."""
+    cond = cells.conditions[cid]
+    rows = np.flatnonzero(cells.condition_of_cell == cid)
+    if rows.size == 0:
+        raise DataError(f"condition '{cond.key()}' has no cells")
+    if cond.cell_type not in control_split:
+        raise DataError(
+            f"cell type '{cond.cell_type}' has treated cells ({cond.label()}) but no control "
+            "cells; add its controls or drop its cells"
+        )
+    return rows
 
 
 def _split_rows(

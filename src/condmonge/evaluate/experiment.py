@@ -51,6 +51,7 @@ from condmonge.evaluate.report import (
     plot_summary,
     summarize,
     to_markdown,
+    validation_line,
 )
 from condmonge.files import replace_atomically
 from condmonge.model import ConditionalMonge
@@ -439,7 +440,10 @@ def _run_model(config: ExperimentConfig, data: _Data, out: Path, timings: dict[s
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*sampled with replacement")
         model = ConditionalMonge(config.model).fit(
-            data.train, embeddings=data.embeddings, checkpoint_dir=out / "model"
+            data.train,
+            embeddings=data.embeddings,
+            checkpoint_dir=out / "model",
+            test_conditions=list(data.truth.conditions.values()),  # the kind of validation
         )
     timings["train_" + MODEL_NAME] = time.perf_counter() - start
     start = time.perf_counter()
@@ -560,6 +564,7 @@ def _record(run: _Run, headline: str, rival: str) -> dict[str, Any]:
         "test_conditions": list(run.data.truth.conditions),
         "steps": int(run.model.state.step),
         "seconds": {k: round(v, 2) for k, v in run.timings.items()},
+        "validation": run.model.validation,
         "best_baseline": rival,
         "model_beats_best_baseline_on": wins,
         "summary": json.loads(run.summary.to_json(orient="index")),
@@ -580,6 +585,8 @@ def _report_markdown(run: _Run, record: dict[str, Any], headline: str, figures: 
         f"Training stopped at step {record['steps']}; "
         f"training took {timings['train_' + MODEL_NAME]:.0f} s, evaluation "
         f"{timings['evaluate']:.1f} s.",
+        "",
+        validation_line(run.model.validation) + ".",
         "",
         "## Split",
         "",

@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from scipy.stats import skew  # noqa: E402
 
 from condmonge.data.pca import principal_axes  # noqa: E402
+from condmonge.data.validation import describe  # noqa: E402
 from condmonge.evaluate.metrics import METRIC_DIRECTIONS, metric_higher_is_better  # noqa: E402
 from condmonge.files import replace_atomically  # noqa: E402
 
@@ -35,6 +36,7 @@ __all__ = [
     "plot_summary",
     "summarize",
     "to_markdown",
+    "validation_line",
 ]
 
 #: The metrics shown in report tables (all are in the per-condition CSV).
@@ -313,6 +315,15 @@ def plot_pca(
     return _save(fig, path)
 
 
+def validation_line(record: Mapping | None) -> str:
+    """One line saying how the model's parameters were chosen, for every report.
+
+    Args:
+      record: ``ConditionalMonge.validation`` (``None`` for a checkpoint that predates it).
+    """
+    return describe(dict(record) if record else None)
+
+
 def plot_history(history: pd.DataFrame, path: Path) -> Path:
     """Training and validation loss against step (``history`` as ``ConditionalMonge.history``)."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -321,6 +332,9 @@ def plot_history(history: pd.DataFrame, path: Path) -> Path:
         if "val_loss" in history:
             val = history.dropna(subset=["val_loss"])
             ax.plot(val["step"], val["val_loss"], "o-", label="validation loss", ms=3)
+        if "val_fit" in history:  # the value that selects the parameters
+            val = history.dropna(subset=["val_fit"])
+            ax.plot(val["step"], val["val_fit"], "s-", label="validation fit", ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(frameon=False)

@@ -176,6 +176,7 @@ def make_conditional_loss(
             "fit": jnp.mean(fit),
             "monge_gap": jnp.mean(gap),
             "per_condition": per_cond,
+            "per_condition_fit": fit,  # the validation metric (no Monge gap)
             "marginal_error": error,
         }
 

@@ -19,8 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from condmonge.conditions.encoding import Embeddings, EncodedConditions, build_encoder
-from condmonge.config import Config
+from condmonge.conditions.encoding import (
+    ConditionEncoder,
+    Embeddings,
+    EncodedConditions,
+    build_encoder,
+)
+from condmonge.config import Config, DataConfig
 from condmonge.data.anndata_io import (
     Standardizer,
     detect_modality,
@@ -30,7 +35,13 @@ from condmonge.data.anndata_io import (
     validate_adata,
 )
 from condmonge.data.backed import fit_backed_projection, obs_only
-from condmonge.data.pca import Projection, fit_pca
+from condmonge.data.pca import (
+    AUTO_MAX_COMPONENTS,
+    AUTO_MIN_FEATURES,
+    Projection,
+    fit_auto_pca,
+    fit_pca,
+)
 from condmonge.data.prepare import (
     CellPools,
     LabelledCells,
@@ -38,7 +49,9 @@ from condmonge.data.prepare import (
     label_cells,
     select_conditions,
 )
-from condmonge.errors import DataError, DataWarning
+from condmonge.data.spec import Condition
+from condmonge.data.validation import ValidationPlan, choose_validation, fallback_plan
+from condmonge.errors import DataError, DataWarning, UnknownConditionError
 from condmonge.train import checkpoint as ckpt
 from condmonge.train.persistence import TrainedMap, restore_training, save_trained
 from condmonge.train.sharding import condition_mesh, replicate
@@ -60,6 +73,9 @@ class _Prepared(NamedTuple):
 
     cells: LabelledCells
     train_ids: list[int]
+    val_ids: list[int]  # held-back validation conditions (empty: held-back cells)
+    validation: dict[str, Any]  # the ValidationPlan's record
+    encoder: ConditionEncoder
     feature_names: list[str]
     projection: Projection | None
     standardizer: Standardizer | None
@@ -74,10 +90,16 @@ def fit_map(
     *,
     embeddings: Embeddings | None = None,
     holdout: Sequence[str] = (),
+    test_conditions: Sequence[Condition] = (),
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
 ) -> TrainedMap:
     """Train the conditional map of ``config`` on ``adata``.
+
+    Model selection (early stopping and the best parameters) uses the validation fitting term
+    on held-back *training conditions* of the kind the test set asks about (``data.validation``,
+    see :mod:`condmonge.data.validation`); those conditions are never trained on. With too few
+    conditions it falls back, with a :class:`DataWarning`, to held-back cells.
 
     Args:
       adata: cells x genes (dense, sparse or backed X, or ``obsm[spec.use_rep]``), annotated as
@@ -86,32 +108,35 @@ def fit_map(
       embeddings: condition and cell-type tables (see
         :func:`~condmonge.conditions.encoding.build_encoder`).
       holdout: condition labels (``"A+B"``) or keys kept out of training.
+      test_conditions: test conditions absent from ``adata`` (the test side of a split
+        column); with ``holdout`` they decide the kind of validation.
       checkpoint_dir: where to write checkpoints during training (``None``: nowhere).
       resume: continue from the checkpoint in ``checkpoint_dir`` if it exists.
 
     Returns:
-      The trained map; its ``params`` are those with the best validation loss.
+      The trained map; its ``params`` are those with the best validation fitting term and its
+      ``validation`` records how they were chosen.
     """
     if not adata.isbacked:  # stored, so that predictions run the checks of this modality
         config = config.updated({"data.modality": detect_modality(adata, config.data)})
-    data = _prepare(adata, config, holdout)
+    data = _prepare(adata, config, holdout, test_conditions, embeddings)
     conditions = [data.cells.conditions[i] for i in data.train_ids]
-    types = [str(t) for t in data.cells.cell_type_of_cell]
-    d = config.data
-    encoder = build_encoder(
-        conditions, types, d.spec, embeddings, d.covariate_transforms, d.covariate_neutral
-    )
-    encoded = jax.tree.map(jnp.asarray, encoder.encode(conditions))
+    encoded = jax.tree.map(jnp.asarray, data.encoder.encode(conditions))
+    val_encoded = None
+    if data.val_ids:
+        val_conditions = [data.cells.conditions[i] for i in data.val_ids]
+        val_encoded = jax.tree.map(jnp.asarray, data.encoder.encode(val_conditions))
     trained = TrainedMap(
         config=config,
         feature_names=data.feature_names,
         conditions=conditions,
         holdout=list(holdout),
-        encoder=encoder,
+        encoder=data.encoder,
         projection=data.projection,
         params=None,
         constants=None,
         standardizer=data.standardizer,
+        validation=data.validation,
     )
     module = trained.module()
     optimizer = make_optimizer(config.train)
@@ -123,17 +148,23 @@ def fit_map(
         if resume and path.exists():
             state, loop = restore_training(path, trained, state)
         checkpoint_fn = _checkpointer(Path(checkpoint_dir), trained)
-    state, loop = _run(trained, optimizer, state, loop, data, encoded, checkpoint_fn)
+    state, loop = _run(trained, optimizer, state, loop, data, (encoded, val_encoded), checkpoint_fn)
     return replace(
         trained, params=loop.best_params, constants=state.constants, state=state, loop=loop
     )
 
 
-def _prepare(adata: ad.AnnData, config: Config, holdout: Sequence[str]) -> _Prepared:
-    """Validate, label, hold out, read features (PCA on training cells) and build pools."""
+def _prepare(
+    adata: ad.AnnData,
+    config: Config,
+    holdout: Sequence[str],
+    test_conditions: Sequence[Condition],
+    embeddings: Embeddings | None,
+) -> _Prepared:
+    """Validate, label, hold out, choose validation, read features (PCA on training cells)."""
     d = config.data
     backed = adata.isbacked
-    if backed and (d.n_pca is None or d.use_rep is not None):
+    if backed and (d.n_pca is None or d.use_rep is not None):  # "auto": AUTO_MAX_COMPONENTS
         raise DataError(
             "a backed AnnData (read_h5ad(..., backed='r')) is trained through a streaming "
             "PCA of X: set data.n_pca (e.g. 50) and leave use_rep unset"
@@ -144,27 +175,37 @@ def _prepare(adata: ad.AnnData, config: Config, holdout: Sequence[str]) -> _Prep
     train_ids = [i for i in range(len(cells.conditions)) if i not in held]
     if not train_ids:
         raise DataError("every treated condition is held out; nothing left to train on")
+    test = [cells.conditions[i] for i in sorted(held)] + list(test_conditions)
+    train_ids, val_ids, plan, encoder = _choose_validation(
+        cells, train_ids, test, config, embeddings
+    )
     _warn_small_conditions(cells, train_ids, config.train.cells_per_condition)
-    # PCA fitted on controls and training conditions only: held-out cells stay unseen.
+    # PCA fitted on controls and training conditions only: held-out and validation cells
+    # stay unseen.
     in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)
     projection, standardizer = None, None
     if backed:  # X stays on disk: two streaming passes (see condmonge.data.backed)
-        projection, features = fit_backed_projection(adata, d.n_pca, in_training)
+        n_pca = AUTO_MAX_COMPONENTS if d.n_pca == "auto" else d.n_pca
+        projection, features = fit_backed_projection(adata, n_pca, in_training)
     else:
         features = feature_matrix(adata, d.use_rep)
         if d.standardize or (d.standardize is None and d.modality == "protein"):
             # Fitted on training controls: no treated (nor held-out) cell moves the scale.
             standardizer = fit_standardizer(features, cells.is_control)
             features = standardizer.encode(features)
-        if d.n_pca is not None:
-            projection = fit_pca(features[in_training], d.n_pca)
+        projection = _latent_space(features[in_training], d)
+        if projection is not None:
             features = projection.encode(features)
     train_pools, val_pools = build_pools(
-        features, cells, train_ids, d.validation_fraction, config.train.seed
+        features, cells, train_ids, d.validation_fraction, config.train.seed, val_ids or None
     )
+    all_train = [cells.conditions[i] for i in sorted(train_ids + val_ids)]
     return _Prepared(
         cells,
         train_ids,
+        val_ids,
+        plan.record(all_train, d.combination_sep),
+        encoder,
         feature_names(adata, d.use_rep),
         projection,
         standardizer,
@@ -172,6 +213,72 @@ def _prepare(adata: ad.AnnData, config: Config, holdout: Sequence[str]) -> _Prep
         jax.tree.map(jnp.asarray, train_pools),
         jax.tree.map(jnp.asarray, val_pools),
     )
+
+
+def _latent_space(train_cells: np.ndarray, d: DataConfig) -> Projection | None:
+    """The PCA of ``data.n_pca`` fitted on ``train_cells [n, p]``, or ``None`` (no PCA).
+
+    ``"auto"`` projects X with more than :data:`AUTO_MIN_FEATURES` features (never a
+    ``use_rep``) on the components explaining 90 % of the top-100 spectrum, at most 50
+    (:func:`~condmonge.data.pca.fit_auto_pca`); low-dimensional inputs stay as they are.
+    """
+    if d.n_pca == "auto":
+        if d.use_rep is None and train_cells.shape[1] > AUTO_MIN_FEATURES:
+            return fit_auto_pca(train_cells)
+        return None
+    return None if d.n_pca is None else fit_pca(train_cells, d.n_pca)
+
+
+def _choose_validation(
+    cells: LabelledCells,
+    train_ids: list[int],
+    test: list[Condition],
+    config: Config,
+    embeddings: Embeddings | None,
+) -> tuple[list[int], list[int], ValidationPlan, ConditionEncoder]:
+    """Split ``train_ids`` into training and validation conditions; build the encoder.
+
+    The encoder is fitted on the remaining training conditions only; when it cannot encode
+    the validation conditions (one-hot perturbations unseen in training), the run falls back
+    to held-back cells with a :class:`DataWarning`.
+    """
+    d = config.data
+    types = [str(t) for t in cells.cell_type_of_cell]
+
+    def encoder_of(ids: list[int]) -> ConditionEncoder:
+        conditions = [cells.conditions[i] for i in ids]
+        return build_encoder(
+            conditions, types, d.spec, embeddings, d.covariate_transforms, d.covariate_neutral
+        )
+
+    train = [cells.conditions[i] for i in train_ids]
+    plan = choose_validation(
+        train,
+        test,
+        mode=d.validation,
+        kind=d.validation_kind,
+        share=d.validation_conditions,
+        seed=config.train.seed,
+    )
+    val_ids = [train_ids[j] for j in plan.condition_ids]
+    if val_ids:
+        rest = [i for i in train_ids if i not in set(val_ids)]
+        encoder = encoder_of(rest)
+        try:
+            encoder.encode([cells.conditions[i] for i in val_ids])
+            return rest, val_ids, plan, encoder
+        except UnknownConditionError as exc:
+            why = f"{str(exc).split(';')[0]}; give an embedding table to validate on them"
+            plan = fallback_plan(plan.kind, why)
+    # Silent when nothing was asked: no test set and every choice left on auto.
+    asked = bool(test) or d.validation != "auto" or d.validation_kind != "auto"
+    if plan.fallback and asked:
+        warnings.warn(
+            f"model selection: {plan.reason}",
+            DataWarning,
+            stacklevel=5,  # the caller of ConditionalMonge.fit
+        )
+    return train_ids, [], plan, encoder_of(train_ids)
 
 
 def _warn_small_conditions(cells: LabelledCells, train_ids: list[int], n_cells: int) -> None:
@@ -238,7 +345,10 @@ def _checkpointer(directory: Path, trained: TrainedMap):
 
 
 def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_fn):
-    """Compile the step and the validation, place the arrays, and run the training loop."""
+    """Compile the step and the validation, place the arrays, and run the training loop.
+
+    ``encoded`` is ``(training conditions, validation conditions or None)``.
+    """
     cfg = trained.config
 
     def count_trace() -> None:
@@ -249,7 +359,7 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_f
         if cfg.train.data_parallel is not False
         else None
     )
-    state, train_pools, val_pools, encoded = replicate(
+    state, train_pools, val_pools, (encoded, val_encoded) = replicate(
         (state, data.train_pools, data.val_pools, encoded), mesh
     )
     module = trained.module()
@@ -263,7 +373,9 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_f
     if cfg.train.patience and loop.evals_since_best >= cfg.train.patience:
         cfg_train = cfg.train.model_copy(update={"steps": int(state.step)})
     names = [c.key(cfg.data.combination_sep) for c in trained.conditions]
-    parts = LoopParts(step_fn, eval_fn, train_pools, val_pools, encoded, names, checkpoint_fn)
+    parts = LoopParts(
+        step_fn, eval_fn, train_pools, val_pools, encoded, names, checkpoint_fn, val_encoded
+    )
     return train_loop(state, loop, parts, cfg_train)
 
 

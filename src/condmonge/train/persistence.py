@@ -50,6 +50,10 @@ class TrainedMap:
       state, loop: the last training state and early-stopping state (``None`` after a load
         of a file without them); saved so that training can resume exactly.
       n_traces: how many times the training step was traced in this process (not saved).
+      validation: how the parameters were chosen (the record of
+        :class:`~condmonge.data.validation.ValidationPlan`: ``mode``, ``kind``, the keys of
+        the held-back ``conditions`` (never trained on), ``reason``, ``fallback``), or
+        ``None`` for a checkpoint written before it was recorded.
     """
 
     config: Config
@@ -64,6 +68,7 @@ class TrainedMap:
     loop: TrainLoopState | None = None
     n_traces: int = field(default=0, compare=False)
     standardizer: Standardizer | None = None
+    validation: dict[str, Any] | None = None
 
     @property
     def spec(self) -> ConditionSpec:
@@ -106,6 +111,8 @@ def save_trained(path: str | Path, trained: TrainedMap) -> Path:
         "conditions": [condition_to_json(c) for c in trained.conditions],
         "holdout": trained.holdout,
     }
+    if trained.validation is not None:
+        meta["validation"] = trained.validation
     if trained.state is not None and trained.loop is not None:
         arrays.update(_training_arrays(trained.state))
         meta["training"] = _training_meta(trained.state, trained.loop)
@@ -178,6 +185,7 @@ def _from_meta(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], source
         params=None,
         constants=None,
         standardizer=standardizer,
+        validation=meta.get("validation"),  # absent from older checkpoints
     )
 
 

@@ -81,7 +81,11 @@ class TrainState(struct.PyTreeNode):
 
 @struct.dataclass
 class TrainLoopState:
-    """Host-side early-stopping bookkeeping, saved with checkpoints for exact resumption."""
+    """Host-side early-stopping bookkeeping, saved with checkpoints for exact resumption.
+
+    ``best_val_loss`` is the lowest validation *fitting term* (``history``'s ``val_fit``;
+    lower is better), the value that early stopping and ``condmonge tune`` use.
+    """
 
     best_params: Any
     best_val_loss: float = float("inf")
@@ -228,13 +232,19 @@ def make_train_step(
 
 def make_eval_fn(
     model: nn.Module, loss_cfg: LossConfig, train_cfg: TrainConfig
-) -> Callable[[Any, Any, CellPools, EncodedConditions, jnp.ndarray], jnp.ndarray]:
-    """Validation loss over *every* condition, with cells drawn with a fixed key (jitted).
+) -> Callable[[Any, Any, CellPools, EncodedConditions, jnp.ndarray], dict[str, jnp.ndarray]]:
+    r"""Validation loss and fitting term over *every* validation condition (jitted).
 
     Conditions are visited in chunks of ``conditions_per_step`` (the last chunk padded and
-    masked), ``validation_batches`` times, so the value is comparable from one call to the next
-    and no condition is left out of early stopping. In the scaling domain an unsound result is
-    recomputed in the log domain inside the graph, as in :func:`make_value_and_grad`.
+    masked), ``validation_batches`` times, with cells drawn with a fixed key, so the values are
+    comparable from one call to the next and no condition is left out of early stopping. In the
+    scaling domain an unsound result is recomputed in the log domain inside the graph, as in
+    :func:`make_value_and_grad`.
+
+    Returns:
+      ``evaluate(params, constants, pools, conditions, rng) -> {"loss", "fit"}``: the mean
+      per-condition loss (fitting term + weighted Monge gap) and the mean fitting term alone,
+      :math:`S_\varepsilon(T_\#\mu_c, \nu_c)`, the metric that selects the parameters.
     """
     k = train_cfg.conditions_per_step
     safe_loss = make_conditional_loss(model.apply, loss_cfg, True)
@@ -250,13 +260,17 @@ def make_eval_fn(
             key, idx, w = args
             batch = sample_cells(key, pools, conditions, idx, train_cfg.cells_per_condition)
             aux = loss_fn(params, constants, batch.source, batch.target, batch.condition)[1]
-            return jnp.sum(aux["per_condition"] * w), solves_are_sound(aux, loss_cfg)
+            sums = jnp.stack(
+                [jnp.sum(aux["per_condition"] * w), jnp.sum(aux["per_condition_fit"] * w)]
+            )
+            return sums, solves_are_sound(aux, loss_cfg)
 
         repeats = train_cfg.validation_batches
         keys = jax.random.split(rng, repeats * n_chunks)
         chunks = (keys, jnp.tile(index, (repeats, 1)), jnp.tile(weight, (repeats, 1)))
         value, sound = jax.lax.map(one, chunks)
-        return jnp.sum(value) / (n_pool * repeats), jnp.all(sound)
+        mean = jnp.sum(value, axis=0) / (n_pool * repeats)
+        return {"loss": mean[0], "fit": mean[1]}, jnp.all(sound)
 
     @jax.jit
     def evaluate(*args):
@@ -274,7 +288,7 @@ def _progress(enabled: bool) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
-        TextColumn("val {task.fields[val]}"),
+        TextColumn("val fit {task.fields[val]}"),
         TextColumn("{task.fields[rate]} steps/s"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -290,12 +304,15 @@ class LoopParts:
 
     Attributes:
       step_fn: ``step(state, pools, conditions) -> (state, metrics)`` (:func:`make_train_step`).
-      eval_fn: ``evaluate(params, constants, pools, conditions, rng) -> loss``
+      eval_fn: ``evaluate(params, constants, pools, conditions, rng) -> {"loss", "fit"}``
         (:func:`make_eval_fn`).
       train_pools, val_pools: the training and validation cells.
       conditions: the ``K`` encoded training conditions.
       condition_names: ``[K]`` readable names, for messages.
       checkpoint_fn: ``save(state, loop)``, or ``None`` to write no checkpoints.
+      val_conditions: the encoded conditions of ``val_pools`` when they are held-back
+        conditions (condition-level validation); ``None``: ``val_pools`` holds held-back cells
+        of ``conditions``.
     """
 
     step_fn: Callable
@@ -305,6 +322,7 @@ class LoopParts:
     conditions: EncodedConditions
     condition_names: Sequence[str]
     checkpoint_fn: Callable[[TrainState, TrainLoopState], None] | None = None
+    val_conditions: EncodedConditions | None = None
 
     def checkpoint(self, state: TrainState, loop: TrainLoopState) -> None:
         """Save, when there is somewhere to save to."""
@@ -326,7 +344,7 @@ def train_loop(
 
     Returns:
       The final state and the loop state whose ``best_params`` are the parameters with the
-      lowest validation loss.
+      lowest validation fitting term (``best_val_loss``; lower is better).
     """
     log = _Log(cfg, int(state.step))
     with log.bar:
@@ -410,12 +428,13 @@ def _log_step(step, states, loop, metrics, parts: LoopParts, log: _Log):
     log.bar.update(log.task, completed=step, loss=f"{loss:.4g}", rate=record["steps_per_s"])
     validating = step % cfg.validate_every == 0 or step == cfg.steps
     if validating:
-        val = float(
-            parts.eval_fn(
-                state.params, state.constants, parts.val_pools, parts.conditions, log.val_rng
-            )
+        conditions = parts.conditions if parts.val_conditions is None else parts.val_conditions
+        values = parts.eval_fn(
+            state.params, state.constants, parts.val_pools, conditions, log.val_rng
         )
-        record["val_loss"] = val
+        # The fitting term alone selects the parameters: comparable across Monge-gap weights.
+        record["val_loss"] = float(values["loss"])
+        record["val_fit"] = val = float(values["fit"])
         log.bar.update(log.task, val=f"{val:.4g}")
         if val < loop.best_val_loss:
             loop = loop.replace(
