@@ -313,8 +313,11 @@ def claim_representations(
     with both at each ``sizes['scaling']`` drugs.
     The ``smiles`` runs at the main size are the leaderboard's own (seed 0), not rerun.
     """
-    runs = [("drug-out", e, n) for n in sizes["scaling"] for e in ("smiles", "effect+smiles")]
+    small = [n for n in sizes["scaling"] if n <= sizes["drugs"]]
+    runs = [("drug-out", e, n) for n in small for e in ("smiles", "effect+smiles")]
     runs += [("dose-out", e, sizes["drugs"]) for e in sizes["dose_embeddings"]]
+    runs += [("drug-out", e, n) for n in sizes["scaling"] if n > sizes["drugs"]
+             for e in ("smiles", "effect+smiles")]  # the largest last  # fmt: skip
     frames = []
     for split, embedding, n in runs:
         name = {"drug-out": "sciplex_drug_out", "dose-out": "sciplex_dose_out"}[split]
