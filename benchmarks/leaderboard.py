@@ -237,6 +237,19 @@ def wins(rows: pd.DataFrame, metrics: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def double_notes(rows: pd.DataFrame) -> dict[str, str]:
+    """Per task with a 2x-steps run: its change in every metric vs the defaults, seed 0."""
+    notes = {}
+    long = rows[rows["variant"] == f"{MODEL} (defaults, 2x steps)"]
+    for task, group in long.groupby("task", sort=False):
+        short = rows[(rows["task"] == task) & (rows["variant"] == f"{MODEL} (defaults)")]
+        short = short[short["seed"] == 0]
+        metrics = [m for m in METRICS if m in group and group[m].notna().any()]
+        change = ", ".join(f"{m} {group[m].mean() - short[m].mean():+.3f}" for m in metrics)
+        notes[task] = f"Twice the steps (seed 0) vs the defaults (seed 0): {change}."
+    return notes
+
+
 def fmt(value: float, sd: float | None = None) -> str:
     """``0.123 ± 0.045`` (sd omitted when absent or for deterministic baselines)."""
     if pd.isna(value):
@@ -507,7 +520,9 @@ def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds, f
             f"seeds 0..{sizes['seeds'] - 1}."
             + ("" if final else " **Partial: the run had not finished.**"), ""]  # fmt: skip
     body += ["### Overview", "", overview_markdown(won), ""]
+    longer = double_notes(rows)
     body += [task_markdown(t, table, won, tuned_ran[t.name]) + "\n" for t in tasks]
+    body += ["### Training twice as long", "", *[f"- {k}: {v}" for k, v in longer.items()], ""]
     body += claims_markdown(in_dist, reps)
     (results / "leaderboard.md").write_text("# Leaderboard\n\n" + "\n".join(body))
     if not args.no_docs:
