@@ -6,20 +6,22 @@ the CLI refuses a bad value in one line.
 """
 
 import shutil
+import subprocess
+import sys
 import warnings
 
+import anndata as ad
 import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 import condmonge as cm
-from condmonge.cli import app
+from condmonge.data.pca import auto_components
 from condmonge.data.spec import Condition
 from condmonge.data.validation import KINDS, choose_validation, describe, infer_kind
-from condmonge.errors import DataWarning
+from condmonge.errors import ConfigError, DataWarning
 from condmonge.train import fit as fit_module
 from condmonge.train.persistence import load_trained
 from conftest import make_adata, tiny_config
@@ -91,18 +93,27 @@ def _check_kind(kind, train, val, rest):
     rest_perts = {c.perturbations for c in rest}
     if kind == "combination":
         singles = {(c.perturbations, c.cell_type) for c in rest}
-        for c in val:  # every single of a validation combination stays in training
+        names = {p for c in rest for p in c.perturbations}
+        measured = [  # training combinations whose singles are measured
+            c
+            for c in train
+            if len(c.perturbations) > 1
+            and all(((p,), c.cell_type) in singles for p in c.perturbations)
+        ]
+        for c in val:  # every single of a validation combination stays in training ...
             assert len(c.perturbations) > 1
-            assert all(((p,), c.cell_type) in singles for p in c.perturbations)
+            if measured:
+                assert all(((p,), c.cell_type) in singles for p in c.perturbations)
+            else:  # ... or, when no combination has them, every perturbation stays seen
+                assert set(c.perturbations) <= names
     elif kind == "perturbation":
         names = {p for c in rest for p in c.perturbations}
         assert all(any(p not in names for p in c.perturbations) for c in val)
     elif kind == "cell_type":
         pairs = {(c.perturbations, c.cell_type) for c in rest}
-        types = {c.cell_type for c in rest}
         for c in val:  # a seen perturbation in a cell type where it is not trained
             assert (c.perturbations, c.cell_type) not in pairs
-            assert c.perturbations in rest_perts and c.cell_type in types
+            assert c.perturbations in rest_perts
     elif kind == "dose":
         groups = {(c.perturbations, c.cell_type) for c in rest}
         assert all((c.perturbations, c.cell_type) in groups for c in val)
@@ -159,7 +170,7 @@ def test_few_conditions_fall_back_to_cells_and_say_how_to_choose():
     assert choose_validation(train, mode="cells").fallback is False
     singles = [C([n]) for n in NAMES]  # combination asked, but no training combination
     plan = choose_validation(singles, kind="combination")
-    assert plan.fallback and "no training combination" in plan.reason
+    assert plan.fallback and "fewer than two training combinations" in plan.reason
 
 
 def test_explicit_kind_and_share():
@@ -225,6 +236,7 @@ def test_resume_with_condition_validation_is_bitwise(combo_data, tmp_path, monke
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
     def timeless(history):  # steps/s is a clock reading
         return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in history]
 
@@ -255,17 +267,70 @@ def test_one_hot_perturbation_out_falls_back(combo_data):
 def test_cli_rejects_a_bad_validation_in_one_line(tmp_path):
     path = tmp_path / "d.h5ad"
     make_adata(n_per_condition=10, d=3).write_h5ad(path)
-    for flag, key in (("--validation", "data.validation'"), ("--validation-kind", "_kind'")):
-        result = CliRunner().invoke(
-            app,
-            ["train", str(path), "--out", str(tmp_path / "run"), "--condition-key",
-             "condition", "--control", "control", flag, "folds"],
+    for flag in ("--validation", "--validation-kind", "--n-pca"):
+        result = subprocess.run(
+            [sys.executable, "-m", "condmonge.cli", "train", str(path), "--out",
+             str(tmp_path / "run"), "--condition-key", "condition", "--control", "control",
+             flag, "folds"],
+            capture_output=True, text=True,
         )  # fmt: skip
-        assert result.exit_code == 2
+        assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:")
-        assert key in lines[0] and "'auto'" in lines[0]  # names the option and the choices
+        assert f"Invalid value for '{flag}'" in lines[0] and "auto" in lines[0]  # the choices
 
 
 def test_kinds_are_documented():
     assert set(KINDS) == {"combination", "perturbation", "cell_type", "dose", "covariate", "random"}
+
+
+def test_the_shapes_of_kang_and_norman():
+    # Kang: one perturbation across cell types; a held-out type has only controls in training.
+    kang = [C(["stim"], cell_type=t) for t in "abcdef"]
+    plan = choose_validation(kang, [C(["stim"], cell_type="g")])
+    assert (plan.kind, len(plan.condition_ids)) == ("cell_type", 1)
+    # Norman: no training pair has both singles measured; the pairs of seen genes stand in.
+    train = [
+        C(["a"]),
+        C(["b"]),
+        C(["c"]),
+        C(["a", "x"]),
+        C(["b", "x"]),
+        C(["c", "y"]),
+        C(["x", "y"]),
+    ]
+    plan = choose_validation(train, [C(["a", "b"])], seed=1)
+    assert plan.kind == "combination" and "singles measured" in plan.reason
+    (i,) = plan.condition_ids
+    rest = {p for j, c in enumerate(train) if j != i for p in c.perturbations}
+    assert len(train[i].perturbations) == 2 and set(train[i].perturbations) <= rest
+
+
+# ------------------------------------------------------------- the automatic latent space
+
+
+def test_auto_components_rule():
+    assert auto_components(np.array([5.0, 3.0, 1.0, 0.5, 0.5])) == 3  # 9 of 10 = 90 %
+    assert auto_components(np.ones(100)) == 50  # a flat spectrum hits the cap
+    assert auto_components(np.array([1.0, 0.0])) == 1
+
+
+def test_auto_pca_for_wide_inputs_only():
+    rng = np.random.default_rng(0)
+    wide = make_adata(n_per_condition=30, d=4, conditions=("A", "B"))
+    # 250 genes: 4 signal directions (the conditions' shifts) plus small noise.
+    mixing = rng.normal(size=(4, 250))
+    wide = ad.AnnData(
+        (wide.X @ mixing + 0.05 * rng.normal(size=(wide.n_obs, 250))).astype(np.float32),
+        obs=wide.obs,
+    )
+    model = cm.ConditionalMonge(tiny_config()).fit(wide, "condition", "control")
+    k = model.projection.components.shape[1]
+    assert 1 <= k <= 4  # the signal, not the 250 noisy genes
+    assert model.predict(wide[wide.obs["condition"] == "control"], ["A"]).n_vars == 250
+    narrow = make_adata(n_per_condition=20, d=6, conditions=("A", "B"))
+    assert cm.ConditionalMonge(tiny_config()).fit(narrow, "condition", "control").projection is None
+    for text, value in (("auto", "auto"), ("none", None), ("12", 12)):
+        assert tiny_config(**{"data.n_pca": text}).data.n_pca == value
+    with pytest.raises(ConfigError, match="n_pca must be a number, 'auto' or 'none'"):
+        tiny_config(**{"data.n_pca": "many"})

@@ -1,4 +1,4 @@
-"""Command line: ``condmonge train | predict | split | evaluate | experiment | demo | config``.
+"""Command line: ``condmonge train | tune | predict | split | evaluate | experiment | ...``.
 
 Every error caused by input exits with code 2 and one line on stderr, ``error: <message>``; an
 unexpected exception (a bug) exits with code 1 and one line naming the log file that holds its
@@ -101,6 +101,24 @@ def _split_key(value: str | None) -> tuple[str, bool]:
     return (value, True) if value is not None else ("split", False)
 
 
+def _n_pca(value: str | None) -> str | None:
+    """``--n-pca``: a number >= 1, ``auto`` or ``none`` (a usage error otherwise)."""
+    if value is None or value.lower() in ("auto", "none") or (value.isdigit() and int(value)):
+        return value
+    raise typer.BadParameter(f"{value!r}: give a number >= 1, auto or none")
+
+
+def _one_of(*choices: str):
+    """An option callback accepting only ``choices`` (a usage error otherwise)."""
+
+    def check(value: str | None) -> str | None:
+        if value is None or value in choices:
+            return value
+        raise typer.BadParameter(f"{value!r}: give one of {', '.join(choices)}")
+
+    return check
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"condmonge {__version__}")
@@ -117,82 +135,160 @@ def _root(
     """Predict single-cell perturbation responses with conditional Monge-gap OT maps."""
 
 
+# The data options of `train`, shared by `tune` (one declaration each).
+DataArg = Annotated[Path, typer.Argument(help=_DATA_HELP)]
+ConditionKeyOpt = Annotated[
+    str | None, typer.Option(help="obs column of conditions. (required without --config)")
+]
+ControlOpt = Annotated[
+    str | None, typer.Option(help="Label of control cells. (required without --config)")
+]
+DoseKeyOpt = Annotated[str | None, typer.Option(help="obs column of doses.")]
+CellTypeKeyOpt = Annotated[str | None, typer.Option(help="obs column of cell types.")]
+CovariateKeyOpt = Annotated[list[str] | None, typer.Option(help=_COVARIATE_HELP)]
+FeaturesOpt = Annotated[
+    str | None,
+    typer.Option(help="Table feature columns: names or globs, comma-separated (pERK_*,area)."),
+]
+ModalityOpt = Annotated[
+    str | None,
+    typer.Option(help="rna | protein | generic (default: detected; protein is z-scored)."),
+]
+EmbeddingOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="KEY=TABLE.csv: feature table for an obs column, or KEY=smiles:SMILES.csv "
+        "(also smiles,kind=both,pca=32:PATH): RDKit features of the drugs, fitted on the "
+        "training drugs (repeatable)."
+    ),
+]
+HoldoutOpt = Annotated[list[str] | None, typer.Option(help=HOLDOUT_HELP)]
+TrainSplitKeyOpt = Annotated[
+    str | None, typer.Option(help=SPLIT_KEY_HELP.format(side="train on its 'train' cells"))
+]
+NPcaOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=_n_pca,
+        help="Train in principal components of the training cells: a number, auto "
+        "(by explained variance, for more than 200 features) or none (predictions stay in "
+        "gene space).",
+    ),
+]
+ValidationOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=_one_of("auto", "conditions", "cells"),
+        help="Model selection on held-back: auto (conditions of the kind the holdout "
+        "asks, when there are enough) | conditions | cells.",
+    ),
+]
+ValidationKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=_one_of(
+            "auto", "combination", "perturbation", "cell_type", "dose", "covariate", "random"
+        ),
+        help="Held-back conditions: auto | combination | perturbation | cell_type | dose "
+        "| covariate | random.",
+    ),
+]
+UseRepOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--use-rep",
+        "--latent",
+        help="Latent space: an obsm key to train on instead of X (e.g. X_pca); "
+        "predictions are then in that space.",
+    ),
+]
+SeedOpt = Annotated[
+    int | None, typer.Option(min=0, max=2**32 - 1, help="Random seed (0 to 2^32-1).")
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(help="YAML with every hyperparameter (`condmonge config` prints one)."),
+]
+
+
+def _check_data_options(config: Path | None, condition_key: str | None, control: str | None):
+    """The checks of the shared data options that need no data (train and tune)."""
+    if config is None and condition_key is None:
+        raise DataError("give --condition-key (the obs column naming each cell's condition)")
+    if config is None and control is None:
+        raise DataError("give --control (the label of control cells)")
+    if config is not None and not config.is_file():
+        raise DataError(f"--config '{config}' does not exist")
+
+
+def _spec_flags(
+    condition_key: str | None,
+    control: str | None,
+    dose_key: str | None,
+    cell_type_key: str | None,
+    holdout: list[str] | None,
+) -> dict[str, Any]:
+    """The spec flags (``None``: keep the config's) and the parsed ``--holdout`` labels."""
+    return {
+        "condition_key": condition_key,
+        "control": control,
+        "dose_key": dose_key,
+        "cell_type_key": cell_type_key,
+        "holdout": parse_items(holdout, "--holdout") or [],
+    }
+
+
+def _data_overrides(
+    n_pca: str | None,
+    use_rep: str | None,
+    modality: str | None,
+    features: str | None,
+    validation: str | None,
+    validation_kind: str | None,
+) -> dict[str, Any]:
+    """The config keys set by the shared data flags (``None``: keep the config's)."""
+    return {
+        "data.n_pca": n_pca,
+        "data.validation": validation,
+        "data.validation_kind": validation_kind,
+        "data.use_rep": use_rep,
+        "data.modality": modality,
+        "data.features": tuple(parse_items(features, "--features") or []) or None,
+    }
+
+
 @app.command()
 @_one_line_errors
 def train(
-    data: Annotated[Path, typer.Argument(help=_DATA_HELP)],
+    data: DataArg,
     out: Annotated[
         Path, typer.Option("--out", help="Run directory (checkpoint, config, history.csv).")
     ],
-    condition_key: Annotated[
-        str | None,
-        typer.Option(help="obs column of conditions. (required without --config)"),
-    ] = None,
-    control: Annotated[
-        str | None, typer.Option(help="Label of control cells. (required without --config)")
-    ] = None,
-    dose_key: Annotated[str | None, typer.Option(help="obs column of doses.")] = None,
-    cell_type_key: Annotated[str | None, typer.Option(help="obs column of cell types.")] = None,
-    covariate_key: Annotated[list[str] | None, typer.Option(help=_COVARIATE_HELP)] = None,
-    features: Annotated[
-        str | None,
-        typer.Option(help="Table feature columns: names or globs, comma-separated (pERK_*,area)."),
-    ] = None,
-    modality: Annotated[
-        str | None,
-        typer.Option(help="rna | protein | generic (default: detected; protein is z-scored)."),
-    ] = None,
-    embedding: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="KEY=TABLE.csv: feature table for an obs column, or KEY=smiles:SMILES.csv "
-            "(also smiles,kind=both,pca=32:PATH): RDKit features of the drugs, fitted on the "
-            "training drugs (repeatable)."
-        ),
-    ] = None,
-    holdout: Annotated[list[str] | None, typer.Option(help=HOLDOUT_HELP)] = None,
-    split_key: Annotated[
-        str | None, typer.Option(help=SPLIT_KEY_HELP.format(side="train on its 'train' cells"))
-    ] = None,
-    n_pca: Annotated[
-        str | None,
-        typer.Option(
-            help="Train in principal components of the training cells: a number, auto "
-            "(by explained variance, for more than 200 features) or none (predictions stay in "
-            "gene space).",
-        ),
-    ] = None,
-    validation: Annotated[
-        str | None,
-        typer.Option(
-            help="Model selection on held-back: auto (conditions of the kind the holdout "
-            "asks, when there are enough) | conditions | cells."
-        ),
-    ] = None,
-    validation_kind: Annotated[
-        str | None,
-        typer.Option(
-            help="Held-back conditions: auto | combination | perturbation | cell_type | dose "
-            "| covariate | random."
-        ),
-    ] = None,
-    use_rep: Annotated[
-        str | None,
-        typer.Option(
-            "--use-rep",
-            "--latent",
-            help="Latent space: an obsm key to train on instead of X (e.g. X_pca); "
-            "predictions are then in that space.",
-        ),
-    ] = None,
+    condition_key: ConditionKeyOpt = None,
+    control: ControlOpt = None,
+    dose_key: DoseKeyOpt = None,
+    cell_type_key: CellTypeKeyOpt = None,
+    covariate_key: CovariateKeyOpt = None,
+    features: FeaturesOpt = None,
+    modality: ModalityOpt = None,
+    embedding: EmbeddingOpt = None,
+    holdout: HoldoutOpt = None,
+    split_key: TrainSplitKeyOpt = None,
+    n_pca: NPcaOpt = None,
+    validation: ValidationOpt = None,
+    validation_kind: ValidationKindOpt = None,
+    use_rep: UseRepOpt = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
-    seed: Annotated[
-        int | None, typer.Option(min=0, max=2**32 - 1, help="Random seed (0 to 2^32-1).")
+    seed: SeedOpt = None,
+    members: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Ensemble size: train this many maps (seeds SEED, SEED+1, ...); predictions "
+            "then carry a per-condition uncertainty.",
+        ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="YAML with every hyperparameter (`condmonge config` prints one)."),
-    ] = None,
+    config: ConfigOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --out.")] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Start over even if --out already holds a run.")
@@ -203,22 +299,9 @@ def train(
     Without --config, --condition-key and --control are required. Flags override the config.
     """
     check_run_dir(out, resume=resume, overwrite=overwrite)
-    if config is None and condition_key is None:
-        raise DataError("give --condition-key (the obs column naming each cell's condition)")
-    if config is None and control is None:
-        raise DataError("give --control (the label of control cells)")
-    if config is not None and not config.is_file():
-        raise DataError(f"--config '{config}' does not exist")
-    fit_args = {
-        "condition_key": condition_key,
-        "control": control,
-        "dose_key": dose_key,
-        "cell_type_key": cell_type_key,
-        "holdout": parse_items(holdout, "--holdout") or [],
-        "steps": steps,
-        "seed": seed,
-        "resume": resume,
-    }
+    _check_data_options(config, condition_key, control)
+    fit_args = _spec_flags(condition_key, control, dose_key, cell_type_key, holdout)
+    fit_args |= {"steps": steps, "seed": seed, "resume": resume}
     had_checkpoint = (out / "model.safetensors").exists()
     try:
         model = start().train(
@@ -229,14 +312,10 @@ def train(
             embedding=embedding or [],
             split_key=_split_key(split_key),
             covariates=covariate_key or [],
-            overrides={
-                "data.n_pca": n_pca,
-                "data.validation": validation,
-                "data.validation_kind": validation_kind,
-                "data.use_rep": use_rep,
-                "data.modality": modality,
-                "data.features": tuple(parse_items(features, "--features") or []) or None,
-            },
+            overrides=_data_overrides(
+                n_pca, use_rep, modality, features, validation, validation_kind
+            )
+            | {"train.n_members": members},
         )
     except KeyboardInterrupt as exc:
         _train_interrupted(exc, out, had_checkpoint)
@@ -246,6 +325,92 @@ def train(
         f"{model.loop.best_step}); checkpoint, history.csv and loss.png in {out}"
     )
     typer.echo(start().validation_line(model.validation))
+
+
+_TuneOutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out", help="Run directory: study.db (resumable), best.yaml, trials.csv, tune.png."
+    ),
+]
+_TrialsOpt = Annotated[
+    int, typer.Option(min=1, help="Finished trials wanted in the study (earlier runs' count too).")
+]
+_SpaceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="YAML of the search space: section.key: {low, high, log, step} or {choices}; "
+        "replaces those keys' defaults (null drops one)."
+    ),
+]
+_TimeoutOpt = Annotated[
+    float | None, typer.Option(min=0, help="Start no trial after this many seconds.")
+]
+
+
+@app.command()
+@_one_line_errors
+def tune(
+    data: DataArg,
+    out: _TuneOutOpt,
+    trials: _TrialsOpt = 20,
+    space: _SpaceOpt = None,
+    condition_key: ConditionKeyOpt = None,
+    control: ControlOpt = None,
+    dose_key: DoseKeyOpt = None,
+    cell_type_key: CellTypeKeyOpt = None,
+    covariate_key: CovariateKeyOpt = None,
+    features: FeaturesOpt = None,
+    modality: ModalityOpt = None,
+    embedding: EmbeddingOpt = None,
+    holdout: HoldoutOpt = None,
+    split_key: TrainSplitKeyOpt = None,
+    n_pca: NPcaOpt = None,
+    validation: ValidationOpt = None,
+    validation_kind: ValidationKindOpt = None,
+    use_rep: UseRepOpt = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    study_name: Annotated[str, typer.Option(help="Study name inside study.db.")] = "condmonge",
+    timeout: _TimeoutOpt = None,
+) -> None:
+    """Search hyperparameters (Optuna TPE, median pruning) on validation conditions.
+
+    Each trial trains on --config changed by the space and is scored on validation
+    conditions carved from the training data, never the --holdout or test conditions. Rerun
+    the same command to continue a stopped search; several processes may share --out.
+    `condmonge train --config OUT/best.yaml` (same data options) retrains the best trial.
+    """
+    check_run_dir(out, resume=True, overwrite=False)
+    _check_data_options(config, condition_key, control)
+    fit_args = _spec_flags(condition_key, control, dose_key, cell_type_key, holdout)
+    fit_args["seed"] = seed
+    search = {"space": space, "n_trials": trials, "study_name": study_name, "timeout": timeout}
+    try:
+        result = start().tune(
+            data,
+            out,
+            fit_args,
+            search,
+            config=config,
+            embedding=embedding or [],
+            split_key=_split_key(split_key),
+            covariates=covariate_key or [],
+            overrides=_data_overrides(
+                n_pca, use_rep, modality, features, validation, validation_kind
+            ),
+        )
+    except KeyboardInterrupt:
+        typer.echo(
+            f"interrupted; the finished trials are kept in {out / 'study.db'}: run the same "
+            "command to continue",
+            err=True,
+        )
+        raise typer.Exit(code=130) from None
+    typer.echo(
+        f"{result.n_finished} trials finished; best validation fit {result.best_value:.4g} "
+        f"(trial {result.best_trial}); best.yaml, trials.csv, tune.png and study.db in {out}"
+    )
 
 
 def _train_interrupted(exc: KeyboardInterrupt, out: Path, had_checkpoint: bool) -> None:
@@ -296,6 +461,13 @@ def predict(
             )
         ),
     ] = None,
+    members: Annotated[
+        str | None,
+        typer.Option(
+            help="How an ensemble's members make one prediction: mean (their mean "
+            "displacement) or mixture (each cell from one member, seeded; the default)."
+        ),
+    ] = None,
 ) -> None:
     """Push the control cells of DATA through the trained map; write predictions as AnnData."""
     check_output_file(out, "--out", CELL_SUFFIXES)
@@ -308,6 +480,7 @@ def predict(
             "query": query,
             "dose": dose,
             "cell_type": cell_type,
+            "ensemble": members,
         },
         _split_key(split_key),
     )

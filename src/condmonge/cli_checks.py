@@ -33,6 +33,7 @@ __all__ = [
 # the same list as condmonge.data.tables.CELL_SUFFIXES, kept here so that the CLI starts fast.
 CELL_SUFFIXES = (".h5ad", ".zarr", ".csv", ".tsv", ".parquet")
 
+
 def _nearest_existing(path: Path) -> Path:
     """The first of ``path``, its parent, ... that exists (the directory a write creates in)."""
     path = path.absolute()

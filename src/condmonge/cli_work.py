@@ -16,6 +16,7 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import optuna
 import pandas as pd
 
 from condmonge.conditions.encoders import read_table
@@ -34,6 +35,8 @@ from condmonge.evaluate.experiment import load_experiment_config, run_experiment
 from condmonge.evaluate.report import plot_history, to_markdown, validation_line
 from condmonge.files import replace_atomically
 from condmonge.model import ConditionalMonge
+from condmonge.tuning import TuneResult, load_space
+from condmonge.tuning import tune as run_tuning
 
 __all__ = [
     "demo",
@@ -46,6 +49,7 @@ __all__ = [
     "show_warnings_plainly",
     "split",
     "train",
+    "tune",
     "validation_line",
 ]
 
@@ -150,8 +154,37 @@ def train(  # noqa: PLR0913  the parsed flags of one command
         left out).
       covariates: the ``--covariate-key KEY[:TRANSFORM[:NEUTRAL]]`` specs.
     """
+    cfg, spec, tables, adata, test_conditions = read_training(
+        data, fit_args, config, embedding, split_key, overrides | covariate_overrides(covariates)
+    )
+    model = ConditionalMonge(cfg).fit(
+        adata,
+        spec=spec,
+        embeddings=tables,
+        checkpoint_dir=out,
+        test_conditions=test_conditions,
+        **fit_args,
+    )
+    model.save(out)
+    write_history(model.history, out)
+    return model
+
+
+def read_training(  # noqa: PLR0913  the parsed flags of one command
+    data: Path,
+    fit_args: dict[str, Any],
+    config: Path | None,
+    embedding: Sequence[str],
+    split_key: tuple[str, bool],
+    overrides: dict[str, Any],
+) -> tuple[Config, ConditionSpec, dict[str, Any], ad.AnnData, list[Condition]]:
+    """The config, spec, embeddings, training cells and test conditions of ``train``/``tune``.
+
+    Pops the spec flags (``condition_key``, ``control``, ``dose_key``, ``cell_type_key``)
+    from ``fit_args``; the other arguments are those of :func:`train`. The test conditions
+    (:func:`split_test_conditions`) decide the kind of condition-level validation.
+    """
     cfg = load_config(config) if config is not None else Config()
-    overrides = overrides | covariate_overrides(covariates)
     cfg = cfg.updated({k: v for k, v in overrides.items() if v is not None})
     names = ("condition_key", "control", "dose_key", "cell_type_key")
     spec = cfg.data.spec.updated(**{k: fit_args.pop(k) for k in names})
@@ -162,17 +195,50 @@ def train(  # noqa: PLR0913  the parsed flags of one command
     adata = select_side(cells, *split_key, "train")
     if adata.n_vars == 0 and spec.use_rep is None:
         raise DataError(f"'{data}' has no genes (adata.n_vars == 0); train on a matrix with genes")
-    model = ConditionalMonge(cfg).fit(
-        adata,
-        spec=spec,
-        embeddings=tables,
-        checkpoint_dir=out,
-        test_conditions=split_test_conditions(cells, split_key[0], spec),
-        **fit_args,
+    return cfg, spec, tables, adata, split_test_conditions(cells, split_key[0], spec)
+
+
+def tune(  # noqa: PLR0913  the parsed flags of one command
+    data: Path,
+    out: Path,
+    fit_args: dict[str, Any],
+    search: dict[str, Any],
+    *,
+    config: Path | None,
+    embedding: Sequence[str],
+    split_key: tuple[str, bool],
+    overrides: dict[str, Any],
+    covariates: Sequence[str] = (),
+) -> TuneResult:
+    """Read the training side as ``train`` does and run :func:`condmonge.tuning.tune` in ``out``.
+
+    Args:
+      data, out, config, embedding, split_key, overrides, covariates: as for :func:`train`.
+      fit_args: the spec flags, ``holdout`` and ``seed`` (``None``: the config's).
+      search: ``space`` (a YAML path or ``None``), ``n_trials``, ``study_name``, ``timeout``.
+    """
+    space = load_space(search["space"]) if search["space"] is not None else None  # before data
+    cfg, spec, tables, adata, test_conditions = read_training(
+        data, fit_args, config, embedding, split_key, overrides | covariate_overrides(covariates)
     )
-    model.save(out)
-    write_history(model.history, out)
-    return model
+    cfg = cfg.updated({f"data.{k}": v for k, v in spec.to_dict().items()})
+    seed = fit_args["seed"] if fit_args["seed"] is not None else cfg.train.seed
+    # The progress bar tells the trials; errors are one line (Optuna would log tracebacks).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return run_tuning(
+        adata,
+        cfg,
+        space,
+        search["n_trials"],
+        storage_dir=out,
+        study_name=search["study_name"],
+        holdout=fit_args["holdout"],
+        test_conditions=test_conditions,
+        embeddings=tables,
+        seed=seed,
+        timeout=search["timeout"],
+        progress=cfg.train.progress,
+    )
 
 
 def split_test_conditions(cells: ad.AnnData, column: str, spec: ConditionSpec) -> list[Condition]:
@@ -272,7 +338,7 @@ def predict(
     Args:
       run_dir, data, out: the run directory, the query ``.h5ad`` and the output ``.h5ad``.
       request: ``conditions`` (labels or ``None``), ``query`` (a CSV path or ``None``),
-        ``dose``, ``cell_type`` (flags or ``None``).
+        ``dose``, ``cell_type``, ``ensemble`` (flags or ``None``).
       split_key: ``(column, given explicitly)``: predict from the test side's controls.
     """
     conditions, query = request["conditions"], request["query"]
@@ -293,7 +359,8 @@ def predict(
         wanted = labels
     elif adata is not full and d.condition_key in adata.obs:
         wanted = test_side_query(adata, d)
-    pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type)
+    ensemble = request.get("ensemble")
+    pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type, ensemble=ensemble)
     write_cells(pred, out)
     return pred
 

@@ -111,9 +111,11 @@ class DataConfig(_Strict):
         default=None, description="obsm key to train on (e.g. 'X_pca'); None uses X."
     )
     n_pca: int | Literal["auto"] | None = Field(
-        default=None,
-        description="train in this many principal components of the training cells; "
-        "predictions are returned in gene space",
+        default="auto",
+        description="train in this many principal components of the training cells "
+        "(predictions are returned in gene space); 'auto': for X with more than 200 features, "
+        "the fewest components explaining 90% of the top-100 spectrum, at most 50; None: "
+        "the features as they are",
     )
     validation_fraction: float = Field(
         default=0.1,
@@ -234,6 +236,11 @@ class LossConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation, sampling and early stopping."""
 
+    @property
+    def data_seed(self) -> int:
+        """The seed of the validation split: ``split_seed``, or ``seed`` when it is unset."""
+        return self.seed if self.split_seed is None else self.split_seed
+
     steps: int = Field(default=2000, gt=0)
     conditions_per_step: int = Field(default=8, gt=0)
     cells_per_condition: int = Field(default=256, gt=1)
@@ -246,6 +253,16 @@ class TrainConfig(_Strict):
     patience: int | None = Field(default=10, gt=0, description="evaluations without improvement")
     checkpoint_every: int = Field(default=500, gt=0)
     seed: int = 0
+    split_seed: int | None = Field(
+        default=None,
+        description="seed of the validation split (which conditions and cells are held back); "
+        "None: train.seed. The members of an ensemble share their first member's split",
+    )
+    n_members: int = Field(
+        default=1,
+        ge=1,
+        description="ensemble size: members trained in sequence with seeds seed, seed+1, ...",
+    )
     progress: bool = True
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32",

@@ -28,7 +28,8 @@ COMMENTS = {
     "data.covariate_keys": "numeric obs columns added to the condition (e.g. [time])",
     "data.combination_sep": "separator of perturbations in a combination label",
     "data.use_rep": "obsm key to train on (e.g. X_pca) instead of X; null: X",
-    "data.n_pca": "train in this many principal components of the training cells; null: genes",
+    "data.n_pca": "principal components of the training cells to train in; auto: for more "
+    "than 200 features, 90% of the top-100 spectrum, at most 50; null: genes",
     "data.validation_fraction": "fraction of each condition's cells kept for cells validation",
     "data.validation": "model selection on held-back: auto | conditions | cells",
     "data.validation_kind": "held-back conditions: auto (from the holdout) | combination | "

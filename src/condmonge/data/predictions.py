@@ -104,6 +104,7 @@ def assemble_prediction(  # noqa: PLR0913  the query's own columns (extra) ride 
     feature_names: Sequence[str],
     uns: Mapping[str, Any] | None = None,
     extra: pd.DataFrame | None = None,
+    scores: Callable[[], pd.DataFrame] | None = None,
 ) -> ad.AnnData:
     """Push the control cells of ``adata`` through ``transport`` for every condition.
 
@@ -121,6 +122,11 @@ def assemble_prediction(  # noqa: PLR0913  the query's own columns (extra) ride 
       uns: stored under ``uns['condmonge']``.
       extra: one row per condition (the query table): its other columns are copied into the
         ``obs`` of that condition's block.
+      scores: called once every block is transported (so a transport may fill it in), it
+        returns one row per condition with a ``condition_id`` column and per-condition scores
+        (e.g. ``uncertainty``, ``ood_score``): every other numeric column is copied into the
+        ``obs`` of that condition's block, and the table (indexed by condition id) is stored
+        as ``uns['condmonge']['per_condition']``.
 
     Returns:
       AnnData whose ``obs`` holds the condition columns (doses as numbers when no condition is
@@ -142,9 +148,8 @@ def assemble_prediction(  # noqa: PLR0913  the query's own columns (extra) ride 
         _block_obs(adata, cond, sources[cond.cell_type][0], spec, numeric) for cond in conditions
     ]
     if extra is not None:  # the query's own columns, one row per condition
-        for frame, (_, row) in zip(frames, extra.iterrows(), strict=True):
-            for column, value in row.items():
-                frame[column] = frame.get(column, value)
+        _copy_extra(frames, extra)
+    table = None if scores is None else _score_table(scores(), frames)
     obs = pd.concat(frames, ignore_index=True)
     obs.index = _readable_names(obs, spec)
     for column in [spec.condition_key, "condition_id", spec.dose_key, spec.cell_type_key]:
@@ -152,9 +157,34 @@ def assemble_prediction(  # noqa: PLR0913  the query's own columns (extra) ride 
             obs[column] = obs[column].astype("category")
     var = _output_var(adata, feature_names, spec)
     out = ad.AnnData(X=np.concatenate(blocks).astype(np.float32), obs=obs, var=var)
-    if uns is not None:
-        out.uns["condmonge"] = dict(uns)
+    if uns is not None or table is not None:
+        out.uns["condmonge"] = dict(uns or {})
+    if table is not None:
+        out.uns["condmonge"]["per_condition"] = table
     return out
+
+
+def _copy_extra(frames: list[pd.DataFrame], extra: pd.DataFrame) -> None:
+    """Copy each query row's columns into its block's ``obs`` (existing columns win)."""
+    for frame, (_, row) in zip(frames, extra.iterrows(), strict=True):
+        for column, value in row.items():
+            frame[column] = frame.get(column, value)
+
+
+def _score_table(table: pd.DataFrame, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Copy the numeric per-condition scores into each block's ``obs``; index the table."""
+    if len(table) != len(frames):
+        raise ValueError(f"{len(table)} score rows for {len(frames)} predicted conditions")
+    numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+    for frame, (_, row) in zip(frames, table.iterrows(), strict=True):
+        for column in numeric:
+            frame[column] = float(row[column])
+    table = table.copy()
+    # Keyed by condition; a condition queried twice keeps one row per query.
+    ids = pd.Index(table["condition_id"].astype(str).to_numpy(), dtype=str)
+    table.index = ad.utils.make_index_unique(ids)
+    table.index.name = None
+    return table
 
 
 def _source_rows(

@@ -5,13 +5,16 @@ Held-back *cells* of training conditions cannot show over-fitting to those condi
 set (the holdout, or the test side of a split column) holds out:
 
 - ``combination``: combinations whose perturbations are all seen -> validate on training
-  combinations whose singles all stay in training;
+  combinations whose singles all stay in training (when none has all its singles measured:
+  on combinations whose perturbations all stay seen in training, alone or combined);
 - ``perturbation``: an unseen perturbation -> validate on some training perturbations (every
   condition containing them);
 - ``cell_type``: a seen perturbation in a cell type it was not seen in -> validate on some
-  (perturbation, cell type) pairs whose perturbation stays seen in another cell type;
+  (perturbation, cell type) pairs whose perturbation stays seen in another cell type (the
+  cell type keeps its controls, as a held-out one does);
 - ``dose``: a seen (perturbation, cell type) at an unseen dose -> validate on training doses
-  of the test dose levels, or else on non-extreme doses;
+  of the test dose levels; else, when the test doses lie above (below) every training dose, on
+  each group's highest (lowest) training dose; else on non-extreme doses;
 - ``covariate``: an unseen covariate value (e.g. a time point) -> validate on one value;
 - ``random``: no test set -> random conditions whose perturbations and cell type stay seen.
 
@@ -205,7 +208,14 @@ def choose_validation(
     picked = _PICKERS[kind](list(train), list(test), rng, share)
     if not picked:
         return fallback_plan(kind, _WHY_EMPTY[kind])
+    if kind == "combination" and not all(_singles_measured(train, i) for i in picked):
+        reason += "; no training combination has its singles measured: combinations of seen ones"
     return ValidationPlan("conditions", kind, tuple(sorted(picked)), reason)
+
+
+def _singles_measured(train: Sequence[Condition], i: int) -> bool:
+    singles = {(c.perturbations, c.cell_type) for c in train if len(c.perturbations) == 1}
+    return all(((p,), train[i].cell_type) in singles for p in train[i].perturbations)
 
 
 def _target(n_candidates: int, share: float) -> int:
@@ -235,18 +245,23 @@ def _greedy(
 
 
 def _pick_combination(train, test, rng, share) -> list[int]:
-    singles = {(c.perturbations, c.cell_type) for c in train if len(c.perturbations) == 1}
     combos = [i for i, c in enumerate(train) if len(c.perturbations) > 1]
-    eligible = [
-        i
-        for i in combos
-        if all(((p,), train[i].cell_type) in singles for p in train[i].perturbations)
-    ]
+    measured = [i for i in combos if _singles_measured(train, i)]
     # At least one combination stays in training (the encoder's set size comes from training).
     n = min(_target(len(combos), share), len(combos) - 1)
     if n < 1:
         return []
-    return _greedy([[i] for i in eligible], n, lambda chosen: True, rng, len(train))
+    chosen = _greedy([[i] for i in measured], n, lambda chosen: True, rng, len(train))
+    if chosen:
+        return chosen
+
+    def seen(chosen: set[int]) -> bool:  # every perturbation stays seen (alone or combined)
+        names = {p for i, c in enumerate(train) if i not in chosen for p in c.perturbations}
+        return all(set(train[i].perturbations) <= names for i in chosen)
+
+    # No combination has all its singles measured (e.g. Norman's training pairs): unseen
+    # combinations of perturbations still seen in training ask the nearest question.
+    return _greedy([[i] for i in combos], n, seen, rng, len(train))
 
 
 def _pick_perturbation(train, test, rng, share) -> list[int]:
@@ -264,14 +279,9 @@ def _pick_cell_type(train, test, rng, share) -> list[int]:
         for pair in pairs
     ]
 
-    def keeps(chosen: set[int]) -> bool:
-        rest = [c for i, c in enumerate(train) if i not in chosen]
-        kept_perturbations = {c.perturbations for c in rest}
-        kept_types = {str(c.cell_type) for c in rest}
-        return all(
-            str(train[i].cell_type) in kept_types and train[i].perturbations in kept_perturbations
-            for i in chosen
-        )
+    def keeps(chosen: set[int]) -> bool:  # the perturbation stays seen in another cell type
+        kept = {c.perturbations for i, c in enumerate(train) if i not in chosen}
+        return all(train[i].perturbations in kept for i in chosen)
 
     if len({str(c.cell_type) for c in train}) < 2:
         return []
@@ -289,12 +299,21 @@ def _pick_dose(train, test, rng, share) -> list[int]:
     test_doses = {c.doses for c in test}
     multi = [i for i, c in enumerate(train) if len(doses[_dose_group(c)]) >= 2]
     at_test = [i for i in multi if train[i].doses in test_doses]
-    inner = [
-        i
-        for i in multi
-        if min(doses[_dose_group(train[i])]) < train[i].doses < max(doses[_dose_group(train[i])])
-    ]
-    eligible = at_test or inner or multi
+    # Extrapolation (every test dose above, or below, all training doses): the training
+    # conditions at their group's highest (lowest) dose ask the same question.
+    if test_doses and min(test_doses) > max(c.doses for c in train):
+        edge = [i for i in multi if train[i].doses == max(doses[_dose_group(train[i])])]
+    elif test_doses and max(test_doses) < min(c.doses for c in train):
+        edge = [i for i in multi if train[i].doses == min(doses[_dose_group(train[i])])]
+    else:
+        edge = [
+            i
+            for i in multi
+            if min(doses[_dose_group(train[i])])
+            < train[i].doses
+            < max(doses[_dose_group(train[i])])
+        ]
+    eligible = at_test or edge or multi
 
     def keeps(chosen: set[int]) -> bool:
         rest = {_dose_group(c) for i, c in enumerate(train) if i not in chosen}
@@ -335,8 +354,8 @@ _PICKERS = {
     "random": _pick_random,
 }
 _WHY_EMPTY = {
-    "combination": "no training combination has all its singles in training (or only one "
-    "combination is measured)",
+    "combination": "fewer than two training combinations, or none whose perturbations stay "
+    "seen in training",
     "perturbation": "fewer than two training perturbations",
     "cell_type": "no perturbation is measured in two cell types (or only one cell type)",
     "dose": "no (perturbation, cell type) is measured at two doses",

@@ -9,7 +9,7 @@ checkpoints.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,7 +84,7 @@ class _Prepared(NamedTuple):
     val_pools: CellPools
 
 
-def fit_map(
+def fit_map(  # noqa: PLR0913  the data, the config and keyword-only run options
     adata: ad.AnnData,
     config: Config,
     *,
@@ -93,39 +93,35 @@ def fit_map(
     test_conditions: Sequence[Condition] = (),
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> TrainedMap:
     """Train the conditional map of ``config`` on ``adata``.
 
-    Model selection (early stopping and the best parameters) uses the validation fitting term
-    on held-back *training conditions* of the kind the test set asks about (``data.validation``,
-    see :mod:`condmonge.data.validation`); those conditions are never trained on. With too few
-    conditions it falls back, with a :class:`DataWarning`, to held-back cells.
+    Early stopping and the best parameters follow the validation fitting term on held-back
+    training *conditions* of the test set's kind (:mod:`condmonge.data.validation`), never
+    trained on; too few conditions fall back to held-back cells (with a :class:`DataWarning`).
 
     Args:
       adata: cells x genes (dense, sparse or backed X, or ``obsm[spec.use_rep]``), annotated as
         ``config.data.spec`` says.
       config: every hyperparameter; ``config.data`` holds the spec.
-      embeddings: condition and cell-type tables (see
-        :func:`~condmonge.conditions.encoding.build_encoder`).
+      embeddings: condition and cell-type tables (see ``build_encoder``).
       holdout: condition labels (``"A+B"``) or keys kept out of training.
       test_conditions: test conditions absent from ``adata`` (the test side of a split
         column); with ``holdout`` they decide the kind of validation.
       checkpoint_dir: where to write checkpoints during training (``None``: nowhere).
       resume: continue from the checkpoint in ``checkpoint_dir`` if it exists.
+      on_validation: called as ``on_validation(step, value)`` after each validation (e.g. by
+        :mod:`condmonge.tuning` to prune a trial); an exception it raises stops training.
 
     Returns:
-      The trained map; its ``params`` are those with the best validation fitting term and its
-      ``validation`` records how they were chosen.
+      The trained map: ``params`` best by validation fit, ``validation`` says how chosen.
     """
     if not adata.isbacked:  # stored, so that predictions run the checks of this modality
         config = config.updated({"data.modality": detect_modality(adata, config.data)})
     data = _prepare(adata, config, holdout, test_conditions, embeddings)
     conditions = [data.cells.conditions[i] for i in data.train_ids]
-    encoded = jax.tree.map(jnp.asarray, data.encoder.encode(conditions))
-    val_encoded = None
-    if data.val_ids:
-        val_conditions = [data.cells.conditions[i] for i in data.val_ids]
-        val_encoded = jax.tree.map(jnp.asarray, data.encoder.encode(val_conditions))
+    encoded, val_encoded = _encode(data, data.train_ids), _encode(data, data.val_ids)
     trained = TrainedMap(
         config=config,
         feature_names=data.feature_names,
@@ -138,9 +134,8 @@ def fit_map(
         standardizer=data.standardizer,
         validation=data.validation,
     )
-    module = trained.module()
     optimizer = make_optimizer(config.train)
-    state = init_state(module, optimizer, encoded, data.features, config.train.seed)
+    state = init_state(trained.module(), optimizer, encoded, data.features, config.train.seed)
     loop = TrainLoopState(best_params=state.params)
     checkpoint_fn = None
     if checkpoint_dir is not None:
@@ -148,7 +143,8 @@ def fit_map(
         if resume and path.exists():
             state, loop = restore_training(path, trained, state)
         checkpoint_fn = _checkpointer(Path(checkpoint_dir), trained)
-    state, loop = _run(trained, optimizer, state, loop, data, (encoded, val_encoded), checkpoint_fn)
+    hooks = (checkpoint_fn, on_validation)
+    state, loop = _run(trained, optimizer, state, loop, data, (encoded, val_encoded), hooks)
     return replace(
         trained, params=loop.best_params, constants=state.constants, state=state, loop=loop
     )
@@ -164,11 +160,8 @@ def _prepare(
     """Validate, label, hold out, choose validation, read features (PCA on training cells)."""
     d = config.data
     backed = adata.isbacked
-    if backed and (d.n_pca is None or d.use_rep is not None):  # "auto": AUTO_MAX_COMPONENTS
-        raise DataError(
-            "a backed AnnData (read_h5ad(..., backed='r')) is trained through a streaming "
-            "PCA of X: set data.n_pca (e.g. 50) and leave use_rep unset"
-        )
+    if backed:
+        _check_backed(adata, d)
     validate_adata(obs_only(adata) if backed else adata, d)
     cells = label_cells(adata, d.spec)
     held = set(select_conditions(cells.conditions, holdout, d.combination_sep, d.control))
@@ -197,7 +190,7 @@ def _prepare(
         if projection is not None:
             features = projection.encode(features)
     train_pools, val_pools = build_pools(
-        features, cells, train_ids, d.validation_fraction, config.train.seed, val_ids or None
+        features, cells, train_ids, d.validation_fraction, config.train.data_seed, val_ids or None
     )
     all_train = [cells.conditions[i] for i in sorted(train_ids + val_ids)]
     return _Prepared(
@@ -213,6 +206,23 @@ def _prepare(
         jax.tree.map(jnp.asarray, train_pools),
         jax.tree.map(jnp.asarray, val_pools),
     )
+
+
+def _encode(data: _Prepared, ids: list[int]) -> EncodedConditions | None:
+    """The conditions ``ids`` encoded, as device arrays (``None`` for no condition)."""
+    if not ids:
+        return None
+    return jax.tree.map(jnp.asarray, data.encoder.encode([data.cells.conditions[i] for i in ids]))
+
+
+def _check_backed(adata: ad.AnnData, d: DataConfig) -> None:
+    # "auto" streams AUTO_MAX_COMPONENTS components of a wide backed X.
+    auto_narrow = d.n_pca == "auto" and adata.n_vars <= AUTO_MIN_FEATURES
+    if d.n_pca is None or auto_narrow or d.use_rep is not None:
+        raise DataError(
+            "a backed AnnData (read_h5ad(..., backed='r')) is trained through a streaming "
+            "PCA of X: set data.n_pca (e.g. 50) and leave use_rep unset"
+        )
 
 
 def _latent_space(train_cells: np.ndarray, d: DataConfig) -> Projection | None:
@@ -258,7 +268,7 @@ def _choose_validation(
         mode=d.validation,
         kind=d.validation_kind,
         share=d.validation_conditions,
-        seed=config.train.seed,
+        seed=config.train.data_seed,
     )
     val_ids = [train_ids[j] for j in plan.condition_ids]
     if val_ids:
@@ -344,10 +354,11 @@ def _checkpointer(directory: Path, trained: TrainedMap):
     return checkpoint_fn
 
 
-def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_fn):
+def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
     """Compile the step and the validation, place the arrays, and run the training loop.
 
-    ``encoded`` is ``(training conditions, validation conditions or None)``.
+    ``encoded`` is ``(training conditions, validation conditions or None)``; ``hooks`` is
+    ``(checkpoint_fn, on_validation)``.
     """
     cfg = trained.config
 
@@ -373,8 +384,17 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, checkpoint_f
     if cfg.train.patience and loop.evals_since_best >= cfg.train.patience:
         cfg_train = cfg.train.model_copy(update={"steps": int(state.step)})
     names = [c.key(cfg.data.combination_sep) for c in trained.conditions]
+    checkpoint_fn, on_validation = hooks
     parts = LoopParts(
-        step_fn, eval_fn, train_pools, val_pools, encoded, names, checkpoint_fn, val_encoded
+        step_fn,
+        eval_fn,
+        train_pools,
+        val_pools,
+        encoded,
+        names,
+        checkpoint_fn,
+        val_encoded,
+        on_validation=on_validation,
     )
     return train_loop(state, loop, parts, cfg_train)
 

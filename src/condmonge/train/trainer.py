@@ -313,6 +313,8 @@ class LoopParts:
       val_conditions: the encoded conditions of ``val_pools`` when they are held-back
         conditions (condition-level validation); ``None``: ``val_pools`` holds held-back cells
         of ``conditions``.
+      on_validation: ``callback(step, value)`` after each validation (e.g. to report to a
+        hyperparameter search, which may stop training by raising), or ``None``.
     """
 
     step_fn: Callable
@@ -323,6 +325,7 @@ class LoopParts:
     condition_names: Sequence[str]
     checkpoint_fn: Callable[[TrainState, TrainLoopState], None] | None = None
     val_conditions: EncodedConditions | None = None
+    on_validation: Callable[[int, float], None] | None = None
 
     def checkpoint(self, state: TrainState, loop: TrainLoopState) -> None:
         """Save, when there is somewhere to save to."""
@@ -442,6 +445,8 @@ def _log_step(step, states, loop, metrics, parts: LoopParts, log: _Log):
             )
         else:
             loop = loop.replace(evals_since_best=loop.evals_since_best + 1)
+        if parts.on_validation is not None:
+            parts.on_validation(step, val)
     loop.history.append(record)
     stop = validating and bool(cfg.patience) and loop.evals_since_best >= cfg.patience
     if stop:
