@@ -70,6 +70,8 @@ def _split(conditions, kind, rng):
         if len(types) < 2:
             return None
         test = [c for c in conditions if c.cell_type == types[0] and c.perturbations == ("d0",)]
+        if not any(c.perturbations == ("d0",) and c.cell_type != types[0] for c in conditions):
+            return None  # d0 alone is measured nowhere else: a perturbation-out question
     elif kind == "dose":
         doses = sorted({c.doses[0] for c in conditions})
         if len(doses) < 2:
