@@ -77,9 +77,12 @@ def _dev_pairs(names: set[str], n: int = 4) -> list[str]:
 def synthetic_task():
     """The convex task on a development seed, its unseen conditions held out."""
     task = convex_task(n_conditions=12, n_features=10, n_cells=200, n_unseen=3, seed=5)
-    return task.adata, {"data.modality": "generic"}, list(task.unseen), {
-        "condition": task.embeddings
-    }
+    return (
+        task.adata,
+        {"data.modality": "generic"},
+        list(task.unseen),
+        {"condition": task.embeddings},
+    )
 
 
 TASKS = {"norman": norman_task, "synthetic": synthetic_task}

@@ -103,7 +103,31 @@ def test_load_with_data_checks_the_genes(dosed, tmp_path):
 def test_evaluate_scores_every_observed_condition(dosed):
     data, model = dosed
     table = model.evaluate(data, max_cells=50)
-    assert len(table) == len(model.conditions) == 6  # 3 labels x 2 doses
+    assert len(table) == 6  # 3 labels x 2 doses, observed in the data
+    # Validation held one of the six back from training; it is still scored (it is encodable).
+    assert len(model.conditions) == 5 and len(model.validation["conditions"]) == 1
     assert set(table["method"]) == {"condmonge"}
     assert (table["n_true"] == 30).all() and (table["n_pred"] == 30).all()
     assert np.isfinite(table["energy_distance"]).all() and (table["energy_distance"] >= 0).all()
+
+
+def test_a_held_out_cell_type_is_predicted_through_its_embedding_row():
+    """Cell-type transfer: k2's treated cells never trained, its table row places it."""
+    import pandas as pd
+
+    data = make_adata(n_per_condition=20, d=4, cell_types=["k1", "k2", "k3"])
+    keep = (data.obs["cell_type"] != "k2") | (data.obs["condition"] == "control")
+    table = pd.DataFrame({"u": [0.0, 1.0, 2.0]}, index=["k1", "k2", "k3"])
+    model = cm.ConditionalMonge(tiny_config(**{"data.validation": "cells"})).fit(
+        data[keep.to_numpy()].copy(),
+        "condition",
+        "control",
+        cell_type_key="cell_type",
+        embeddings={"cell_type": table},
+    )
+    assert {c.cell_type for c in model.conditions} == {"k1", "k3"}
+    assert model.encodable_cell_types == ["k1", "k2", "k3"]
+    pred = model.predict(data, ["A"], cell_type="k2")
+    n_controls = int(((data.obs["condition"] == "control") & (data.obs["cell_type"] == "k2")).sum())
+    assert pred.n_obs == n_controls
+    assert set(pred.obs["cell_type"].astype(str)) == {"k2"}

@@ -44,3 +44,13 @@ def test_empty_and_duplicate_requests_are_refused():
     with pytest.raises(DataError, match="same condition twice"):
         resolve_query([TRAINED[0], TRAINED[0]], PLAIN, TRAINED)
     assert len(resolve_query(None, PLAIN, TRAINED)) == 3  # None still means every condition
+
+
+def test_a_cell_type_in_the_embedding_table_is_accepted_without_treated_training_cells():
+    spec = ConditionSpec(condition_key="drug", control="ctrl", cell_type_key="line")
+    trained = [Condition(("A",), (1.0,), "k562")]
+    table_rows = ["k562", "rpe1"]
+    out = resolve_query(["A"], spec, trained, cell_type="rpe1", encodable_cell_types=table_rows)
+    assert out == [Condition(("A",), (1.0,), "rpe1")]
+    with pytest.raises(UnknownConditionError, match="known cell types: k562, rpe1"):
+        resolve_query(["A"], spec, trained, cell_type="hela", encodable_cell_types=table_rows)

@@ -77,6 +77,11 @@ def test_features_by_name_and_glob(tmp_path):
 def test_write_cells_round_trips_in_the_format_of_the_suffix(tmp_path, suffix):
     adata = table_to_anndata(_frame(), ["drug", "time"])
     adata.uns["condmonge"] = {"version": "test", "use_rep": "X"}
+    # A prediction's numeric obs (NaN uncertainty of one member) are never read as features.
+    adata.obs["uncertainty"] = np.nan
+    adata.obs["member_spread"] = 0.0
+    adata.obs["ood_score"] = 1.5
+    adata.obs["source_index"] = np.arange(adata.n_obs)
     path = write_cells(adata, tmp_path / f"pred{suffix}")
     back = read_cells(path, ["drug", "time"])
     np.testing.assert_allclose(back.X, adata.X, rtol=1e-6)

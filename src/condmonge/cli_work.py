@@ -348,7 +348,7 @@ def predict(
     model = ConditionalMonge.load(run_dir)
     d = model.config.data
     labels = conditions
-    check_request(d.spec, model.conditions, labels, dose, cell_type)
+    check_request(d.spec, model.conditions, labels, dose, cell_type, model.encodable_cell_types)
     features = None if d.use_rep else model.feature_names
     full = read_cells(data, model.config.data.spec.obs_keys, features=features)
     adata = select_side(full, *split_key, "test")

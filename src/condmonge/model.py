@@ -208,7 +208,18 @@ class ConditionalMonge:
             dose=dose,
             cell_type=cell_type,
             cell_types_available=cell_types_available,
+            encodable_cell_types=self.encodable_cell_types,
         )
+
+    @property
+    def encodable_cell_types(self) -> list[str] | None:
+        """Cell types the model has features for (``None``: a model without cell types).
+
+        The training vocabulary of a one-hot code, or every row of a cell-type embedding
+        table, types whose treated cells it never saw included.
+        """
+        encoder = self._check_fitted().encoder.cell_type
+        return None if encoder is None else encoder.names
 
     def transport(self, x: np.ndarray, condition: Condition) -> np.ndarray:
         """Push cells ``x [n, d]`` (model feature order) through ``T(., condition)``; ``[n, d]``.

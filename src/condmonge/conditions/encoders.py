@@ -30,6 +30,11 @@ class FeatureEncoder(Protocol):
         """Feature dimension."""
         ...
 
+    @property
+    def names(self) -> list[str]:
+        """The names this encoder can encode."""
+        ...
+
     def encode(self, names: Sequence[str]) -> np.ndarray:
         """Return features of shape ``[len(names), dim]``; unknown names raise."""
         ...
@@ -52,6 +57,10 @@ class OneHotEncoder:
     @property
     def dim(self) -> int:  # noqa: D102
         return max(len(self.vocabulary), 1)
+
+    @property
+    def names(self) -> list[str]:  # noqa: D102
+        return list(self.vocabulary)
 
     def encode(self, names: Sequence[str]) -> np.ndarray:  # noqa: D102
         out = np.zeros((len(names), self.dim), np.float32)
@@ -89,6 +98,10 @@ class TableEncoder:
     @property
     def dim(self) -> int:  # noqa: D102
         return self.table.shape[1]
+
+    @property
+    def names(self) -> list[str]:  # noqa: D102
+        return [str(i) for i in self.table.index]
 
     def fit(self, names: Sequence[str]) -> TableEncoder:
         """Set the z-scoring statistics from the rows of ``names`` (the training vocabulary)."""

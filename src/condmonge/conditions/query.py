@@ -29,6 +29,7 @@ def resolve_query(
     dose: float | str | None = None,
     cell_type: str | None = None,
     cell_types_available: Sequence[str] = (),
+    encodable_cell_types: Sequence[str] | None = None,
 ) -> list[Condition]:
     """Resolve a query to the conditions to predict, one predicted block each.
 
@@ -40,6 +41,9 @@ def resolve_query(
       dose: dose of labelled conditions (``None``: the label's unique training dose).
       cell_type: cell type of labelled conditions (``None``: every available one).
       cell_types_available: cell types with control cells in the query data.
+      encodable_cell_types: the cell types the model's encoder has features for (a
+        cell-type embedding table can hold types whose treated cells were never seen);
+        ``None``: the cell types of ``trained``.
 
     Returns:
       The conditions, in query order (cell types within a label in sorted order).
@@ -48,7 +52,7 @@ def resolve_query(
       DataError, UnknownConditionError: see :func:`check_request`.
     """
     labels = None if query is None or isinstance(query, pd.DataFrame) else list(query)
-    check_request(spec, trained, labels, dose, cell_type)
+    check_request(spec, trained, labels, dose, cell_type, encodable_cell_types)
     if query is None:
         if dose is None and cell_type is None:
             return [
@@ -151,6 +155,7 @@ def check_request(
     labels: Sequence[str | Condition] | None = None,
     dose: float | str | None = None,
     cell_type: str | None = None,
+    encodable_cell_types: Sequence[str] | None = None,
 ) -> None:
     """Refuse a request the model cannot answer as asked, before any data is read.
 
@@ -159,11 +164,13 @@ def check_request(
       trained: the training conditions.
       labels: the asked labels (``None``: a table or every training condition).
       dose, cell_type: the request's dose and cell type (``--dose``, ``--cell-type``).
+      encodable_cell_types: the cell types the model can encode (``None``: those of
+        ``trained``); see :func:`resolve_query`.
 
     Raises:
       DataError: a dose or cell type for a model trained without them, or labels that are
         empty or name one condition twice (``A+B`` and ``B+A``).
-      UnknownConditionError: a cell type not seen in training.
+      UnknownConditionError: a cell type the model has no features for.
     """
     if dose is not None and spec.dose_key is None:
         raise DataError(
@@ -176,7 +183,8 @@ def check_request(
             "data.cell_type_key); leave out --cell-type (cell_type= in Python)"
         )
     if cell_type is not None:
-        known = sorted({str(c.cell_type) for c in trained})
+        seen = {str(c.cell_type) for c in trained}
+        known = sorted(seen if encodable_cell_types is None else set(encodable_cell_types))
         if cell_type not in known:
             raise UnknownConditionError(
                 f"--cell-type '{cell_type}' was not seen in training{suggest(cell_type, known)}; "

@@ -47,7 +47,15 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 #: Every suffix :func:`read_cells` accepts.
 CELL_SUFFIXES = (".h5ad", ".zarr", *TABLE_SUFFIXES)
 #: Columns that predictions carry in ``obs``; never features, even when numeric.
-RESERVED_OBS = ("condition_id", "source_index", "source_obs_name", "split")
+RESERVED_OBS = (
+    "condition_id",
+    "source_index",
+    "source_obs_name",
+    "split",
+    "uncertainty",
+    "member_spread",
+    "ood_score",
+)
 # Pandas writes an unnamed index column; parquet stores the index under this name.
 _INDEX_COLUMNS = ("Unnamed: 0", "__index_level_0__", "obs_names", "cell_id")
 # A text column is a (broken) feature rather than metadata when most of its values are numbers.
