@@ -139,7 +139,7 @@ CASES = [
          "predict {run_plain} {plain} --out {tmp}/p.h5ad --conditions A --cell-type k1",
          "the model was trained without cell types"),
     Case("cell-type-unknown", "requests", "`--cell-type` not seen in training",
-         f"{PRED} --conditions A --dose 1 --cell-type k3", "--cell-type 'k3' was not seen"),
+         f"{PRED} --conditions A --dose 1 --cell-type k3", "cell type 'k3' was not seen"),
     Case("perturbation-unknown", "requests", "a perturbation not seen in training",
          f"{PRED} --conditions Z --dose 1", "perturbation 'Z' was not seen in training"),
     Case("no-checkpoint", "requests", "`predict` from a directory without a checkpoint",

@@ -187,8 +187,10 @@ def check_request(
         known = sorted(seen if encodable_cell_types is None else set(encodable_cell_types))
         if cell_type not in known:
             raise UnknownConditionError(
-                f"--cell-type '{cell_type}' was not seen in training{suggest(cell_type, known)}; "
-                f"known cell types: {', '.join(known[:12])}"
+                f"cell type '{cell_type}' was not seen in training and the model has no "
+                f"embedding for it{suggest(cell_type, known)}; known cell types: "
+                f"{', '.join(known[:12])}; to predict others, fit with a cell-type embedding "
+                "table with a row for each (embeddings={...: table} or --embedding KEY=TABLE.csv)"
             )
     if labels is not None:
         _check_labels(labels, spec.combination_sep)
