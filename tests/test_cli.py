@@ -1,5 +1,6 @@
 """The command line: train -> predict round trip, and bad input -> exit 2 with one line."""
 
+import re
 import subprocess
 import sys
 
@@ -196,8 +197,6 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(workspace, tmp_path):
     assert "interrupted at step" in stderr and "continue with --resume" in stderr
     assert "Traceback" not in stderr
     import condmonge as cm
-
-    import re
 
     # The checkpoint holds the last completed step; the history logs only every
     # validate_every steps, so its last record may be a step or two behind.
