@@ -33,7 +33,10 @@ import yaml
 import _gen  # noqa: F401  (sets one JAX CPU device per core on import)
 from condmonge import ConditionalMonge
 from condmonge.config import Config
+from condmonge.data.prepare import label_cells
+from condmonge.data.spec import ConditionSpec
 from condmonge.datasets import convex_task, norman_mcfaline
+from condmonge.evaluate.baselines import make_baseline
 from condmonge.evaluate.metrics import mean_delta_r2, moment_errors, top_de_features
 from condmonge.ops import energy_distance
 
@@ -47,7 +50,10 @@ GRID: dict[str, dict] = {
     "mg_w0.3": {"loss.monge_gap_weight": 0.3},
     "noise0.1": {"train.input_noise": 0.1},
     "fit_eps0.03": {"loss.fit_epsilon": 0.03},
+    "shift_head": {"model.shift_head": True},
 }
+#: Baselines scored on the same validation conditions (``--baselines``).
+BASELINE_NAMES = ("identity", "mean_shift", "additive", "linear")
 
 
 def norman_task():
@@ -97,8 +103,23 @@ def score(adata, overrides: dict, holdout: list[str], embeddings) -> dict[str, f
     model = ConditionalMonge(Config().updated(overrides))
     model.fit(adata, "condition", "control", holdout=holdout, embeddings=embeddings)
     is_control = (adata.obs["condition"] == "control").to_numpy()
+    return metrics_of(adata, model.predict(adata[is_control], holdout), holdout)
+
+
+def score_baseline(adata, name: str, holdout: list[str], embeddings) -> dict[str, float]:
+    """A baseline fitted on the cells outside ``holdout``, scored like :func:`score`."""
+    held = adata.obs["condition"].isin(holdout).to_numpy()
+    baseline = make_baseline(name).fit(adata[~held].copy(), ConditionSpec(), embeddings=embeddings)
+    by_name = {"+".join(c.perturbations): c for c in label_cells(adata, ConditionSpec()).conditions}
+    is_control = (adata.obs["condition"] == "control").to_numpy()
+    pred = baseline.predict(adata[is_control], [by_name[h] for h in holdout])
+    return metrics_of(adata, pred, holdout)
+
+
+def metrics_of(adata, pred, holdout: list[str]) -> dict[str, float]:
+    """Mean over ``holdout`` of the three metrics; ``pred`` stacks the controls per condition."""
+    is_control = (adata.obs["condition"] == "control").to_numpy()
     x = dense(adata.X[is_control])
-    pred = model.predict(adata[is_control], holdout)
     rows = []
     for i, name in enumerate(holdout):
         true = dense(adata.X[(adata.obs["condition"] == name).to_numpy()])
@@ -117,10 +138,15 @@ def main() -> None:
     parser.add_argument("--steps", default="600,1200")
     parser.add_argument("--grid", default=",".join(GRID), help="names of GRID points")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baselines", action="store_true", help="also score BASELINE_NAMES")
     args = parser.parse_args()
     start, results = time.perf_counter(), []
     for task in args.tasks.split(","):
         adata, data, holdout, embeddings = TASKS[task]()
+        for name in BASELINE_NAMES if args.baselines else ():
+            row = {"task": task, "point": name, **score_baseline(adata, name, holdout, embeddings)}
+            results.append(row)
+            print(json.dumps(row), flush=True, file=sys.stderr)
         for point in args.grid.split(","):
             for steps in (int(s) for s in args.steps.split(",")):
                 overrides = data | GRID[point] | {

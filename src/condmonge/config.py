@@ -207,6 +207,9 @@ class ModelConfig(_Strict):
     # T(x, c) = x + g(dose) f(...) with g = 0 when every dose is 0, so dose 0 is the identity
     # exactly. None: on when the data have a dose column (data.dose_key), off otherwise.
     dose_gate: bool | None = None
+    # T(x, c) = x + f(...) + sum_j s(e_j, dose_j): a shift that adds up over a combination's
+    # perturbations (condmonge.models.networks.AdditiveShift).
+    shift_head: bool = False
 
 
 class LossConfig(_Strict):

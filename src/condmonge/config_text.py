@@ -41,6 +41,7 @@ COMMENTS = {
     "model.perturbation_hidden_dim": "hidden width of the per-perturbation encoder",
     "model.pooling": "how a combination pools its perturbations: sum | mean",
     "model.dose_gate": "scale the displacement by g(dose), identity at dose 0; null: if doses",
+    "model.shift_head": "add a per-perturbation shift that sums over a combination",
     "loss.monge_gap_weight": "weight of the Monge gap against the fitting term",
     "loss.fit_epsilon": "entropic regularisation of the fitting term, relative to the mean cost",
     "loss.fit_epsilon_relative": "what fit_epsilon multiplies: mean | std of the cost matrix",

@@ -2,10 +2,11 @@ r"""Flax networks: the condition embedding :math:`h(c)` and the residual map :ma
 
 .. math::
     T(x, c) = x + f\big([\,(x - \mu)/\sigma,\; h(c)\,]\big)
+        \;\big[\, + \textstyle\sum_{j \in c} s(e_j, \text{dose}_j) \big]
 
-where :math:`\mu, \sigma` are fixed feature statistics of the training cells (the ``constants``
-collection; never trained) and the last layer of :math:`f` starts at zero, so an untrained map
-is the identity.
+(the bracket with ``shift_head``) where :math:`\mu, \sigma` are fixed feature statistics of
+the training cells (the ``constants`` collection; never trained) and the last layers of
+:math:`f` and :math:`s` start at zero, so an untrained map is the identity.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from condmonge.conditions.encoding import EncodedConditions
 from condmonge.config import Config
 
 __all__ = [
+    "AdditiveShift",
     "ConditionEmbedding",
     "ConditionalResidualMap",
     "PerturbationSetEncoder",
@@ -51,6 +53,30 @@ class PerturbationSetEncoder(nn.Module):
         if self.pooling == "mean":
             pooled = pooled / jnp.maximum(jnp.sum(mask), 1.0)
         return nn.Dense(self.out_dim, name="rho")(pooled)
+
+
+class AdditiveShift(nn.Module):
+    r"""A shift that adds up over the perturbations of a set: the additive prior, in cell space.
+
+    .. math::
+        s(c) = \sum_{j: \text{mask}_j = 1} W\,\psi([e_j, \log_{10}(1 + \text{dose}_j)])
+
+    A combination's shift is the sum of its members' shifts, as in the additive baseline, so a
+    pair whose singles were trained starts from their summed effects; the cell-dependent map
+    :math:`f` learns what the sum misses. :math:`W` starts at zero (the untrained map stays the
+    identity), and a translation is an optimal map, so the Monge gap does not penalise it.
+    """
+
+    hidden_dim: int
+    n_features: int
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray, log_dose: jnp.ndarray, mask: jnp.ndarray):
+        """Shift ``[n_features]`` of ``features [m, p]``, ``log_dose [m]``, ``mask [m]``."""
+        h = jnp.concatenate([features, log_dose[:, None]], axis=-1)
+        h = nn.gelu(nn.Dense(self.hidden_dim, name="psi")(h))
+        shifts = nn.Dense(self.n_features, kernel_init=nn.initializers.zeros, name="out")(h)
+        return jnp.sum(shifts * mask[:, None], axis=0)
 
 
 class ConditionEmbedding(nn.Module):
@@ -88,6 +114,8 @@ class ConditionalResidualMap(nn.Module):
     value :math:`u_j^0` on the context scale or ``None``; each covariate with one gates the
     residual by :math:`\tanh\big(\operatorname{softplus}(b_j)\,|u_j - u_j^0|\big)`, so the
     map is the identity at the neutral value (e.g. time 0).
+
+    ``shift_head`` adds :class:`AdditiveShift` to the residual (inside the gates).
     """
 
     n_features: int
@@ -97,6 +125,7 @@ class ConditionalResidualMap(nn.Module):
     perturbation_hidden_dim: int = 64
     pooling: str = "sum"
     dose_gate: bool = False
+    shift_head: bool = False
     covariate_neutral: tuple[float | None, ...] = ()
     dtype: Any = jnp.float32
 
@@ -117,6 +146,9 @@ class ConditionalResidualMap(nn.Module):
             self.n_features, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="out"
         )(h)
         delta = delta.astype(x.dtype)
+        if self.shift_head:
+            shift = AdditiveShift(self.perturbation_hidden_dim, self.n_features, name="shift")
+            delta = delta + shift(condition.perturbation, condition.log_dose, condition.mask)
         if self.dose_gate:
             total_dose = jnp.sum(condition.log_dose * condition.mask)
             # softplus(0.5413) = 1: the gate starts as tanh(total log-dose).
@@ -151,6 +183,7 @@ def network_from_config(
         perturbation_hidden_dim=m.perturbation_hidden_dim,
         pooling=m.pooling,
         dose_gate=m.dose_gate if m.dose_gate is not None else config.data.dose_key is not None,
+        shift_head=m.shift_head,
         covariate_neutral=tuple(covariate_neutral),
         dtype=jnp.bfloat16 if config.train.precision == "bfloat16" else jnp.float32,
     )
