@@ -110,9 +110,10 @@ def score_baseline(adata, name: str, holdout: list[str], embeddings) -> dict[str
     """A baseline fitted on the cells outside ``holdout``, scored like :func:`score`."""
     held = adata.obs["condition"].isin(holdout).to_numpy()
     baseline = make_baseline(name).fit(adata[~held].copy(), ConditionSpec(), embeddings=embeddings)
-    by_name = {"+".join(c.perturbations): c for c in label_cells(adata, ConditionSpec()).conditions}
+    # Conditions store their perturbations sorted; a label may list them in another order.
+    by_set = {frozenset(c.perturbations): c for c in label_cells(adata, ConditionSpec()).conditions}
     is_control = (adata.obs["condition"] == "control").to_numpy()
-    pred = baseline.predict(adata[is_control], [by_name[h] for h in holdout])
+    pred = baseline.predict(adata[is_control], [by_set[frozenset(h.split("+"))] for h in holdout])
     return metrics_of(adata, pred, holdout)
 
 
