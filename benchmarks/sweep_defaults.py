@@ -51,6 +51,16 @@ GRID: dict[str, dict] = {
     "noise0.1": {"train.input_noise": 0.1},
     "fit_eps0.03": {"loss.fit_epsilon": 0.03},
     "shift_head": {"model.shift_head": True},
+    "pool_mean": {"model.pooling": "mean"},
+    "pool_mean_shift_head": {"model.pooling": "mean", "model.shift_head": True},
+    "prior": {"model.prior": "nearest"},
+    "library_lr": {"train.learning_rate": 1e-3, "train.cells_per_condition": 256},
+    "auto_pca": {"data.n_pca": "auto"},
+    "library": {
+        "data.n_pca": "auto",
+        "train.learning_rate": 1e-3,
+        "train.cells_per_condition": 256,
+    },  # fmt: skip
 }
 #: Baselines scored on the same validation conditions (``--baselines``).
 BASELINE_NAMES = ("identity", "mean_shift", "additive", "linear")
@@ -150,11 +160,12 @@ def main() -> None:
             print(json.dumps(row), flush=True, file=sys.stderr)
         for point in args.grid.split(","):
             for steps in (int(s) for s in args.steps.split(",")):
-                overrides = data | GRID[point] | {
+                # The sweep's fixed budget first, so that a grid point may override it.
+                overrides = data | {
                     "train.steps": steps, "train.seed": args.seed, "train.progress": False,
                     "train.checkpoint_every": 10**6, "train.learning_rate": 0.003,
                     "train.cells_per_condition": 128,
-                }  # fmt: skip
+                } | GRID[point]  # fmt: skip
                 t0 = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

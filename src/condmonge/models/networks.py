@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from condmonge.conditions.encoding import EncodedConditions
 from condmonge.config import Config
+from condmonge.models.prior import condition_signature, nearest_shift
 
 __all__ = [
     "AdditiveShift",
@@ -116,6 +117,12 @@ class ConditionalResidualMap(nn.Module):
     map is the identity at the neutral value (e.g. time 0).
 
     ``shift_head`` adds :class:`AdditiveShift` to the residual (inside the gates).
+
+    ``prior`` adds the nearest-condition shift :math:`s(c)` of :mod:`condmonge.models.prior`
+    outside the gates, ``T(x, c) = x + s(c) + g(c) f(x, c)``, and zero where a gate closes the
+    map (every dose 0, a gated covariate at its neutral value). Its tables are the constants
+    ``prior_signature [K, P]``, ``prior_shift [K, d]`` and ``prior_group_mask [P]`` (which
+    entries of the signature decide what leaves a condition out of its own prior).
     """
 
     n_features: int
@@ -126,6 +133,7 @@ class ConditionalResidualMap(nn.Module):
     pooling: str = "sum"
     dose_gate: bool = False
     shift_head: bool = False
+    prior: bool = False
     covariate_neutral: tuple[float | None, ...] = ()
     dtype: Any = jnp.float32
 
@@ -154,13 +162,32 @@ class ConditionalResidualMap(nn.Module):
             # softplus(0.5413) = 1: the gate starts as tanh(total log-dose).
             a = self.param("dose_gate", nn.initializers.constant(0.5413), ())
             delta = delta * jnp.tanh(nn.softplus(a) * total_dose)
+        is_open = jnp.asarray(True)  # False where a gate makes the map the identity
+        if self.dose_gate:
+            is_open = total_dose > 0
         first = condition.context.shape[-1] - len(self.covariate_neutral)
         for j, neutral in enumerate(self.covariate_neutral):
             if neutral is not None:
                 gap = jnp.abs(condition.context[first + j] - neutral)
                 b = self.param(f"covariate_gate_{j}", nn.initializers.constant(0.5413), ())
                 delta = delta * jnp.tanh(nn.softplus(b) * gap)
+                is_open = is_open & (gap > 0)
+        if self.prior:
+            delta = delta + jnp.where(is_open, self._prior_shift(condition), 0.0)
         return x + delta
+
+    def _prior_shift(self, condition: EncodedConditions) -> jnp.ndarray:
+        """:func:`~condmonge.models.prior.nearest_shift` of ``condition`` from the constants."""
+        signature = condition_signature(
+            condition.perturbation, condition.log_dose, condition.mask, condition.context
+        )
+        size = signature.shape[-1]
+        table = self.variable("constants", "prior_signature", jnp.zeros, (1, size)).value
+        shifts = self.variable("constants", "prior_shift", jnp.zeros, (1, self.n_features))
+        group_mask = self.variable("constants", "prior_group_mask", jnp.ones, (size,)).value
+        return nearest_shift(
+            signature, signature * group_mask, table, table * group_mask, shifts.value
+        )
 
 
 def network_from_config(
@@ -184,6 +211,7 @@ def network_from_config(
         pooling=m.pooling,
         dose_gate=m.dose_gate if m.dose_gate is not None else config.data.dose_key is not None,
         shift_head=m.shift_head,
+        prior=m.prior == "nearest",
         covariate_neutral=tuple(covariate_neutral),
         dtype=jnp.bfloat16 if config.train.precision == "bfloat16" else jnp.float32,
     )

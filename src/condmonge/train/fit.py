@@ -52,6 +52,7 @@ from condmonge.data.prepare import (
 from condmonge.data.spec import Condition
 from condmonge.data.validation import ValidationPlan, choose_validation, fallback_plan
 from condmonge.errors import DataError, DataWarning, UnknownConditionError
+from condmonge.models.prior import prior_constants
 from condmonge.train import checkpoint as ckpt
 from condmonge.train.persistence import TrainedMap, restore_training, save_trained
 from condmonge.train.sharding import condition_mesh, replicate
@@ -122,6 +123,9 @@ def fit_map(  # noqa: PLR0913  the data, the config and keyword-only run options
     data = _prepare(adata, config, holdout, test_conditions, embeddings)
     conditions = [data.cells.conditions[i] for i in data.train_ids]
     encoded, val_encoded = _encode(data, data.train_ids), _encode(data, data.val_ids)
+    prior = None  # the tables of model.prior (condmonge.models.prior)
+    if config.model.prior == "nearest":
+        prior = prior_constants(data.train_pools, encoded, data.validation["kind"])
     trained = TrainedMap(
         config=config,
         feature_names=data.feature_names,
@@ -135,7 +139,9 @@ def fit_map(  # noqa: PLR0913  the data, the config and keyword-only run options
         validation=data.validation,
     )
     optimizer = make_optimizer(config.train)
-    state = init_state(trained.module(), optimizer, encoded, data.features, config.train.seed)
+    state = init_state(
+        trained.module(), optimizer, encoded, data.features, config.train.seed, prior
+    )
     loop = TrainLoopState(best_params=state.params)
     checkpoint_fn = None
     if checkpoint_dir is not None:
@@ -308,7 +314,12 @@ def _warn_small_conditions(cells: LabelledCells, train_ids: list[int], n_cells: 
 
 
 def init_state(
-    module: Any, optimizer: Any, encoded: EncodedConditions, features: np.ndarray, seed: int
+    module: Any,
+    optimizer: Any,
+    encoded: EncodedConditions,
+    features: np.ndarray,
+    seed: int,
+    prior: dict[str, np.ndarray] | None = None,
 ) -> TrainState:
     """A fresh training state: parameters, fixed feature statistics, optimiser state, key.
 
@@ -318,6 +329,7 @@ def init_state(
       encoded: ``K`` encoded conditions (the first one shapes the parameters).
       features: ``[N, p]`` the cells the map acts on; their mean and scale normalise its input.
       seed: ``config.train.seed``.
+      prior: the tables of ``model.prior`` (:func:`~condmonge.models.prior.prior_constants`).
     """
     rng = jax.random.PRNGKey(seed)
     rng, init_rng = jax.random.split(rng)
@@ -327,7 +339,7 @@ def init_state(
     constants = {
         "feature_mean": jnp.asarray(features.mean(axis=0)),
         "feature_scale": jnp.asarray(np.where(scale > 1e-6, scale, 1.0)),
-    }
+    } | {k: jnp.asarray(v) for k, v in (prior or {}).items()}
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

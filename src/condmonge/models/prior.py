@@ -1,0 +1,154 @@
+r"""The nearest-condition shift prior: ``T(x, c) = x + s(c) + f(x, c)``.
+
+The mean-shift baseline predicts an unseen condition by the observed mean shift of its nearest
+training condition(s). As a prior inside the map it gives the network that starting point, and
+``f`` learns what it misses (the cell-dependent part, and a correction of the shift).
+
+Each condition has a *signature*, the condition features the mean-shift baseline compares:
+
+.. math::
+    \sigma(c) = \Big[\sum_j e_j,\ \sum_j e_j \log_{10}(1 + d_j),\
+        \overline{\log_{10}(1 + d)},\ \text{context}\Big]
+
+over its perturbations :math:`j` (features :math:`e_j`, doses :math:`d_j`). With the training
+conditions' signatures :math:`\sigma_k` and observed mean shifts :math:`\Delta_k` (treated mean
+minus the mean of the controls of the same cell type, in the space the map acts in):
+
+.. math::
+    s(c) = \operatorname{mean}\{\Delta_k : k \in N(c)\},\quad
+    N(c) = \{k \notin E(c) : \|\sigma_k - \sigma(c)\| \le \min_{l \notin E(c)}
+        \|\sigma_l - \sigma(c)\| + \text{tol}\}
+
+(ties averaged, as the baseline does). :math:`E(c)` leaves the condition out of its own prior,
+so that a training condition sees the prior an unseen one would get (the network then learns to
+correct the baseline's leave-one-out error, not to undo an exact shift):
+
+- ``exclude = "condition"``: the training conditions with the signature of ``c`` (``c`` itself);
+- ``exclude = "perturbation"`` (drug-out questions): every training condition with the same
+  perturbations as ``c``, at any dose or cell type, since an unseen drug has none.
+
+An unseen condition matches no training signature, so nothing is excluded for it. The tables are
+fixed (the network's ``constants``), so they are saved and restored with the parameters.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from condmonge.conditions.encoding import EncodedConditions
+from condmonge.data.prepare import CellPools
+
+__all__ = [
+    "condition_signature",
+    "nearest_shift",
+    "observed_shifts",
+    "perturbation_signature",
+    "prior_constants",
+]
+
+#: Distances within this of the smallest are ties; signatures this close are "the same".
+TIE_TOLERANCE = 1e-5
+
+
+def perturbation_signature(perturbation: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """``sum_j mask_j e_j`` of one condition's ``perturbation [m, p]``, ``mask [m]``: ``[p]``."""
+    return jnp.sum(perturbation * mask[..., None], axis=-2)
+
+
+def condition_signature(
+    perturbation: jnp.ndarray, log_dose: jnp.ndarray, mask: jnp.ndarray, context: jnp.ndarray
+) -> jnp.ndarray:
+    r"""The signature :math:`\sigma(c)` of the module docstring, ``[2p + 1 + q]``.
+
+    Args:
+      perturbation: ``[m, p]`` perturbation features of one condition (zero where masked).
+      log_dose: ``[m]`` :math:`\log_{10}(1 + \text{dose})`.
+      mask: ``[m]`` 1 for a real perturbation.
+      context: ``[q]`` cell-type and covariate features.
+    """
+    weighted = jnp.sum(perturbation * (mask * log_dose)[..., None], axis=-2)
+    mean_dose = jnp.sum(mask * log_dose, axis=-1, keepdims=True) / jnp.maximum(
+        jnp.sum(mask, axis=-1, keepdims=True), 1.0
+    )
+    return jnp.concatenate(
+        [perturbation_signature(perturbation, mask), weighted, mean_dose, context], axis=-1
+    )
+
+
+def nearest_shift(
+    signature: jnp.ndarray,
+    group: jnp.ndarray,
+    table_signature: jnp.ndarray,
+    table_group: jnp.ndarray,
+    table_shift: jnp.ndarray,
+) -> jnp.ndarray:
+    """The prior ``s(c) [d]``: the mean shift of the nearest training conditions outside ``E(c)``.
+
+    Args:
+      signature: ``[P]`` the condition's :func:`condition_signature`.
+      group: ``[G]`` what ``E(c)`` compares: the signature itself, or the perturbation signature.
+      table_signature: ``[K, P]`` the training conditions' signatures.
+      table_group: ``[K, G]`` their ``group`` vectors.
+      table_shift: ``[K, d]`` their observed mean shifts.
+
+    Returns:
+      ``[d]``; zeros when every training condition is excluded.
+    """
+    excluded = jnp.sum((table_group - group) ** 2, axis=-1) <= TIE_TOLERANCE**2
+    dist = jnp.sqrt(jnp.sum((table_signature - signature) ** 2, axis=-1))
+    dist = jnp.where(excluded, jnp.inf, dist)
+    nearest = (dist <= jnp.min(dist) * (1 + TIE_TOLERANCE) + TIE_TOLERANCE) & ~excluded
+    weight = nearest.astype(table_shift.dtype)
+    return weight @ table_shift / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def observed_shifts(pools: CellPools) -> np.ndarray:
+    r"""Mean shift :math:`\Delta_k` of each pooled condition vs its controls, ``[K, d]``.
+
+    Args:
+      pools: the training pools: each condition's treated cells and the controls of its cell
+        type (held-back validation cells are not in them).
+    """
+    features = np.asarray(pools.features, np.float64)
+    target_rows, source_rows = np.asarray(pools.target_rows), np.asarray(pools.source_rows)
+    ranges = zip(
+        np.asarray(pools.target_start), np.asarray(pools.target_count),
+        np.asarray(pools.source_start), np.asarray(pools.source_count), strict=True,
+    )  # fmt: skip
+    shifts = [
+        features[target_rows[t : t + nt]].mean(0) - features[source_rows[s : s + ns]].mean(0)
+        for t, nt, s, ns in ranges
+    ]
+    return np.asarray(shifts, np.float32).reshape(-1, features.shape[1])
+
+
+def prior_constants(
+    pools: CellPools, encoded: EncodedConditions, kind: str
+) -> dict[str, np.ndarray]:
+    """The network constants of the prior for the ``K`` training conditions of ``pools``.
+
+    Args:
+      pools: the training pools (``K`` conditions, in the order of ``encoded``).
+      encoded: those ``K`` conditions, encoded.
+      kind: the validation kind of the run; ``"perturbation"`` (drug-out) leaves out every
+        condition with the same perturbations, any other kind the condition alone.
+
+    Returns:
+      ``prior_signature [K, P]``, ``prior_shift [K, d]`` and ``prior_group_mask [P]``.
+    """
+    signature = np.asarray(
+        jax.vmap(condition_signature)(
+            encoded.perturbation, encoded.log_dose, encoded.mask, encoded.context
+        ),
+        np.float32,
+    )
+    group_mask = np.ones(signature.shape[1], np.float32)
+    if kind == "perturbation":
+        group_mask[np.asarray(encoded.perturbation).shape[-1] :] = 0.0
+    return {
+        "prior_signature": signature,
+        "prior_shift": observed_shifts(pools),
+        "prior_group_mask": group_mask,
+    }
