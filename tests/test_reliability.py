@@ -52,6 +52,17 @@ def _train_command(data, out, config, *extra):
     ]
 
 
+def _one_device_env():
+    """The environment of a training subprocess with one CPU device (no data parallelism).
+
+    The kill-and-resume test runs two trainings side by side on 2 cores; with the CLI's one
+    device per core each would run 2 devices' collectives on an oversubscribed machine, and
+    XLA aborts a process whose collective waits more than 60 s (seen once under load).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {**os.environ, "XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count=1"}
+
+
 def _saved(run):
     """Every array of the final checkpoint and the training header (timings dropped)."""
     path = run / "model.safetensors"
@@ -85,6 +96,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=_one_device_env(),
     )
     rng = random.Random(20261126)
     out = tmp_path / "killed"
@@ -94,6 +106,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
             _train_command(tmp_path / "data.h5ad", out, config, "--resume"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=_one_device_env(),
         )
         start_step = _step_on_disk(out)
         if attempt == 0:
@@ -120,6 +133,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
         _train_command(tmp_path / "data.h5ad", out, config, "--resume"),
         capture_output=True,
         text=True,
+        env=_one_device_env(),
     )
     assert final.returncode == 0, final.stderr
     _, ref_err = reference.communicate(timeout=300)

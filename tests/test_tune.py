@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy.exc
 import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -184,6 +185,32 @@ def test_resumed_study_does_not_redraw_the_first_settings(tmp_path):
     params = [t.params for t in resumed.trials]
     assert params[:2] == _params(seed=3, n=2)  # the stored study is the seeded one
     assert params[2] not in params[:2]
+
+
+def test_opening_retries_while_another_process_creates_the_tables(tmp_path, monkeypatch):
+    # Two processes opening a new study.db race to CREATE TABLE; the loser retries.
+    real, calls = tuning._open_storage, []
+
+    def racing(url):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("exists"))
+        return real(url)
+
+    monkeypatch.setattr(tuning, "_open_storage", racing)
+    study = tuning.open_study(tmp_path, "condmonge", 0)
+    assert len(calls) == 2 and study.study_name == "condmonge"
+
+    def always(url):
+        calls.append(url)
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception("locked"))
+
+    calls.clear()
+    monkeypatch.setattr(tuning, "_open_storage", always)
+    monkeypatch.setattr(tuning.time, "sleep", lambda seconds: None)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        tuning.open_study(tmp_path / "other", "condmonge", 0)
+    assert len(calls) == 5  # a lasting error still surfaces, after the retries
 
 
 def test_outputs_of_a_study_without_a_complete_trial(tmp_path):

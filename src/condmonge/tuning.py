@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from typing import Any, get_args
 import anndata as ad
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 import yaml
 from matplotlib.figure import Figure
 from optuna.distributions import (
@@ -293,16 +295,7 @@ def open_study(
       warmup_steps: training steps before which the median pruner never prunes.
     """
     Path(storage_dir).mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{Path(storage_dir).absolute() / 'study.db'}"
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # Heartbeats let a process on another host find trials whose process died.
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"connect_args": {"timeout": 60}},  # several writers wait, not fail
-            heartbeat_interval=60,
-            grace_period=300,
-        )
+    storage = _storage(f"sqlite:///{Path(storage_dir).absolute() / 'study.db'}")
     existing = optuna.create_study(
         storage=storage, study_name=study_name, direction="minimize", load_if_exists=True
     )
@@ -311,6 +304,33 @@ def open_study(
     return optuna.load_study(
         study_name=study_name, storage=storage, sampler=make_sampler(seed + n_trials), pruner=pruner
     )
+
+
+def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The study database at ``url``, retried while another process creates its tables.
+
+    Processes that open a new ``study.db`` at the same moment race to create its tables, and
+    the loser's ``CREATE TABLE`` fails ("table ... already exists"); once the winner's tables
+    are there, a new attempt finds them.
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return _open_storage(url)
+        except sqlalchemy.exc.OperationalError:
+            time.sleep(0.2 * (attempt + 1))
+    return _open_storage(url)
+
+
+def _open_storage(url: str) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Heartbeats let a process on another host find trials whose process died.
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs={"connect_args": {"timeout": 60}},  # several writers wait, not fail
+            heartbeat_interval=60,
+            grace_period=300,
+        )
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
