@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 # Material for MkDocs prints a banner about MkDocs 2.0 on every build unless this is set.
 export NO_MKDOCS_2_WARNING := 1
 
+# pytest workers (pytest-xdist; whole test files per worker, so module fixtures run once):
+# CI has 2 cores. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile
+
 .PHONY: demo test test-fast docs docs-check lint clean
 
 $(STAMP): pyproject.toml
@@ -23,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(MAKE) --no-print-directory docs-check
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
 
 # The site in site/ (open site/index.html); tutorials run on every build.
 docs: $(STAMP)
@@ -38,7 +43,7 @@ docs-check: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

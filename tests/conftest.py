@@ -1,6 +1,21 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+# One JAX compilation cache for the session, shared with the CLI subprocesses (they inherit
+# the environment): many tests compile the same small programs, and a cached executable is
+# the same program, so results do not change. Every compilation is cached (the default skips
+# those under 1 s, most of ours); the directory goes when the session ends.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="condmonge-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=_jax_cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 import anndata as ad
 import numpy as np
