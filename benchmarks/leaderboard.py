@@ -416,6 +416,18 @@ def tuned_status(task: T.Task, sizes: dict[str, Any], tuned: str) -> str:
     return "not run"
 
 
+def tuned_config_record(tasks: list[T.Task], tuned: str, out: Path) -> dict[str, Any]:
+    """The best configs the tuned rows trained with, by task and experiment (for the JSON)."""
+    where = out if tuned == "auto" else Path(tuned)
+    record: dict[str, Any] = {}
+    for task in tasks:
+        for tag in task.experiments:
+            path = where / task.name / "tune" / tag / "best.yaml"
+            if tuned != "none" and path.is_file():
+                record.setdefault(task.name, {})[tag] = yaml.safe_load(path.read_text())
+    return record
+
+
 def run_phase(task: T.Task, phase: str, sizes: dict[str, Any], args, out: Path):
     """One phase of a task: ``defaults`` (every seed, with the baselines), ``tuned`` (when
     ``tune`` ran) or ``2x`` (twice the steps, seed 0); ``None`` when it does not apply."""
@@ -508,6 +520,7 @@ def report(args, sizes, tasks, rows, in_dist, reps, tuned_ran, times, seconds, f
         "benchmark": NAME, "command": command, "quick": args.quick, "seeds": sizes["seeds"],
         "steps": sizes["steps"], "tasks": [t.name for t in tasks],
         "tuned": tuned_ran,
+        "tuned_configs": tuned_config_record(tasks, args.tuned, Path(args.out)),
         "summary": {f"{t}/{v}": {m: round(float(r[m]), 4) for m in METRICS if pd.notna(r.get(m))}
                     for (t, v), r in table.iterrows()},
         "wins": won, "seconds": round(seconds, 1), "task_seconds": times,
