@@ -54,6 +54,7 @@ GRID: dict[str, dict] = {
     "pool_mean": {"model.pooling": "mean"},
     "pool_mean_shift_head": {"model.pooling": "mean", "model.shift_head": True},
     "prior": {"model.prior": "nearest"},
+    "prior_linear": {"model.prior": "linear"},
     "library_lr": {"train.learning_rate": 1e-3, "train.cells_per_condition": 256},
     "auto_pca": {"data.n_pca": "auto"},
     "library": {

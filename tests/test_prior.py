@@ -1,10 +1,10 @@
-"""The nearest-condition shift prior (``model.prior: nearest``, condmonge.models.prior)."""
+"""The shift priors (``model.prior: nearest | linear``, condmonge.models.prior)."""
 
 import numpy as np
 import pytest
 
 import condmonge as cm
-from condmonge.models.prior import condition_signature, nearest_shift
+from condmonge.models.prior import condition_signature, fit_ridge, linear_shift, nearest_shift
 from conftest import make_adata, tiny_config
 
 # Three training conditions with one-hot signatures; shifts 1, 2 and 3 in one feature.
@@ -95,12 +95,85 @@ def test_dose_zero_stays_the_identity_with_a_prior():
     assert np.abs(moved).max() > 0.5
 
 
-def test_a_saved_model_keeps_its_prior(tmp_path):
+@pytest.mark.parametrize("prior", ["nearest", "linear"])
+def test_a_saved_model_keeps_its_prior(tmp_path, prior):
     adata = make_adata(conditions=("A", "B", "A+B"), d=4)
-    model = _untrained().fit(adata, "condition", "control", holdout=["A+B"])
+    model = _untrained(**{"model.prior": prior}).fit(adata, "condition", "control", holdout=["A+B"])
     controls = adata[(adata.obs["condition"] == "control").to_numpy()]
     before = np.asarray(model.predict(controls, ["A+B"]).X)
     model.save(tmp_path / "model")
     after = np.asarray(cm.ConditionalMonge.load(tmp_path / "model").predict(controls, ["A+B"]).X)
     np.testing.assert_array_equal(before, after)
     assert np.abs(before - np.asarray(controls.X)).max() > 0.5
+
+
+def test_fit_ridge_matches_scikit_learn():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    for rows in (9, 30):  # the dual (rows <= features) and the primal solve
+        signature, shifts = rng.normal(size=(rows, 12)), rng.normal(size=(rows, 3))
+        coef, offset, intercept = fit_ridge(signature, shifts, 0.7)
+        new = rng.normal(size=(4, 12))
+        ridge = Ridge(alpha=0.7).fit(signature, shifts)
+        ours = np.stack([np.asarray(linear_shift(z, coef, offset, intercept)) for z in new])
+        np.testing.assert_allclose(ours, ridge.predict(new), atol=1e-8)
+
+
+def test_untrained_linear_prior_is_the_ridge_of_the_training_shifts():
+    from sklearn.linear_model import Ridge
+
+    adata = make_adata(conditions=("A", "B", "C", "A+B", "B+C", "A+C"), d=4)
+    model = _untrained(**{"model.prior": "linear"}).fit(
+        adata, "condition", "control", holdout=["A+C"]
+    )
+    controls = adata[(adata.obs["condition"] == "control").to_numpy()]
+    moved = np.asarray(model.predict(controls, ["A+C"]).X) - np.asarray(controls.X)
+    np.testing.assert_allclose(moved, moved[:1].repeat(len(moved), 0), atol=1e-5)
+    # One-hot sums of the training conditions (A, B, C, A+B, B+C) against their mean shifts.
+    onehot = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]], float)
+    shifts = np.stack([_mean_shift(adata, c) for c in ("A", "B", "C", "A+B", "B+C")])
+    # The signature is [e, log10(2) e, log10(2)] (no dose column: dose 1): the constant centres
+    # away and the copy scales the design, so it is this ridge with penalty 1 / (1 + log10(2)^2).
+    ridge = Ridge(alpha=1.0 / (1.0 + np.log10(2.0) ** 2)).fit(onehot, shifts)
+    # Within the sampling error of the held-back validation cells (the model's shifts are of the
+    # training cells; these of all cells).
+    np.testing.assert_allclose(moved[0], ridge.predict([[1, 0, 1]])[0], atol=0.15)
+    # The truth is additive (A + C): the ridge gets most of it.
+    truth = _mean_shift(adata, "A+C")
+    assert np.abs(moved[0] - truth).mean() < 0.5 * np.abs(truth).mean()
+
+
+def _loop_with_validations(values, validate_start):
+    """train_loop on dummy parts whose validations return ``values`` (step 0 first)."""
+    from condmonge.train.trainer import LoopParts, TrainLoopState, TrainState, train_loop
+
+    def step_fn(state, pools, conditions):
+        metrics = {"loss": 1.0, "fit": 1.0, "monge_gap": 0.0, "log_domain_only": False}
+        return state.replace(step=state.step + 1, params=state.params + 1.0), metrics
+
+    def eval_fn(params, constants, pools, conditions, rng):
+        return {"loss": values[int(params)], "fit": values[int(params)]}
+
+    state = TrainState(
+        step=np.int32(0), params=np.float32(0.0), constants={}, opt_state=(), rng=None,
+        log_domain_streak=np.int32(0),
+    )  # fmt: skip
+    parts = LoopParts(step_fn, eval_fn, None, None, None, ["c"])
+    cfg = tiny_config(**{"train.steps": 3, "train.validate_every": 1}).train
+    _, loop = train_loop(
+        state, TrainLoopState(best_params=state.params), parts, cfg, 1, validate_start
+    )
+    return loop
+
+
+def test_the_starting_map_is_kept_when_no_validation_beats_it():
+    # Validation fit of the parameters after 0, 1, 2, 3 steps.
+    loop = _loop_with_validations([1.0, 2.0, 3.0, 1.5], validate_start=True)
+    assert (loop.best_step, float(loop.best_params), loop.best_val_loss) == (0, 0.0, 1.0)
+    assert [r["step"] for r in loop.history] == [1, 2, 3]  # step 0 is not in the history
+    loop = _loop_with_validations([1.0, 2.0, 0.5, 1.5], validate_start=True)
+    assert (loop.best_step, float(loop.best_params)) == (2, 2.0)
+    # Without it the best of the later validations wins, however bad.
+    loop = _loop_with_validations([1.0, 2.0, 3.0, 1.5], validate_start=False)
+    assert (loop.best_step, float(loop.best_params)) == (3, 3.0)

@@ -210,10 +210,11 @@ class ModelConfig(_Strict):
     # T(x, c) = x + f(...) + sum_j s(e_j, dose_j): a shift that adds up over a combination's
     # perturbations (condmonge.models.networks.AdditiveShift).
     shift_head: bool = False
-    # T(x, c) = x + s(c) + f(...): s(c) is the observed mean shift of the nearest training
-    # condition(s), leaving c out of its own (condmonge.models.prior). Off by default: on the
-    # development tasks it lost to no prior (docs/results/sweep_defaults.md); tune searches it.
-    prior: Literal["none", "nearest"] = "none"
+    # T(x, c) = x + s(c) + f(...): s(c) is a baseline's shift, leaving c out of its own
+    # (condmonge.models.prior): nearest = the observed mean shift of the nearest training
+    # condition(s), linear = a ridge from condition features to mean shifts. Off by default
+    # (development measurements in docs/results/sweep_defaults.md); tune searches it.
+    prior: Literal["none", "nearest", "linear"] = "none"
 
 
 class LossConfig(_Strict):

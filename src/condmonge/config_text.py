@@ -42,7 +42,7 @@ COMMENTS = {
     "model.pooling": "how a combination pools its perturbations: sum | mean",
     "model.dose_gate": "scale the displacement by g(dose), identity at dose 0; null: if doses",
     "model.shift_head": "add a per-perturbation shift that sums over a combination",
-    "model.prior": "start from the nearest training condition's mean shift: none | nearest",
+    "model.prior": "start from a baseline's shift: none | nearest (condition) | linear (ridge)",
     "loss.monge_gap_weight": "weight of the Monge gap against the fitting term",
     "loss.fit_epsilon": "entropic regularisation of the fitting term, relative to the mean cost",
     "loss.fit_epsilon_relative": "what fit_epsilon multiplies: mean | std of the cost matrix",

@@ -21,6 +21,7 @@ __all__ = [
     "energy_distance",
     "mean_distance",
     "normalised_weights",
+    "ridge",
     "ridge_dual",
     "sinkhorn_terms",
     "sq_distances",
@@ -132,6 +133,23 @@ def sinkhorn_terms(x, y, a=None, b=None, epsilon: float = 0.1, max_iterations: i
     geom = out.geoms[0]
     plan = geom.transport_from_potentials(*out.potentials[0])
     return value, jnp.sum(plan * geom.cost_matrix)
+
+
+def ridge(features: np.ndarray, targets: np.ndarray, penalty: float) -> np.ndarray:
+    r"""Ridge coefficients :math:`W = (A^\top A + \lambda I)^{-1} A^\top Y`, ``[f, t]``.
+
+    Solved in the smaller of the ``[f, f]`` (primal) and ``[m, m]`` (dual,
+    :func:`ridge_dual`) spaces. Centre both sides first for an intercept.
+
+    Args:
+      features: ``[m, f]`` rows :math:`A`.
+      targets: ``[m, t]`` :math:`Y`.
+      penalty: :math:`\lambda > 0`.
+    """
+    if features.shape[0] <= features.shape[1]:
+        return ridge_dual(features, targets, penalty)
+    gram = features.T @ features + penalty * np.eye(features.shape[1])
+    return np.linalg.solve(gram, features.T @ targets)
 
 
 def ridge_dual(features: np.ndarray, targets: np.ndarray, penalty: float) -> np.ndarray:

@@ -85,7 +85,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "train.learning_rate": {"low": 1e-4, "high": 3e-3, "log": True},
     "train.weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
     "train.steps": {"low": 500, "high": 3000, "step": 500},
-    "model.prior": {"choices": ["none", "nearest"]},
+    "model.prior": {"choices": ["none", "nearest", "linear"]},
 }
 
 #: Latent sizes searched when the map would act on more than :data:`WIDE_INPUT` features

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from condmonge.conditions.encoding import EncodedConditions
 from condmonge.config import Config
-from condmonge.models.prior import condition_signature, nearest_shift
+from condmonge.models.prior import condition_signature, linear_shift, nearest_shift
 
 __all__ = [
     "AdditiveShift",
@@ -118,11 +118,13 @@ class ConditionalResidualMap(nn.Module):
 
     ``shift_head`` adds :class:`AdditiveShift` to the residual (inside the gates).
 
-    ``prior`` adds the nearest-condition shift :math:`s(c)` of :mod:`condmonge.models.prior`
-    outside the gates, ``T(x, c) = x + s(c) + g(c) f(x, c)``, and zero where a gate closes the
-    map (every dose 0, a gated covariate at its neutral value). Its tables are the constants
-    ``prior_signature [K, P]``, ``prior_shift [K, d]`` and ``prior_group_mask [P]`` (which
-    entries of the signature decide what leaves a condition out of its own prior).
+    ``prior`` (``"nearest"`` or ``"linear"``; ``"none"``: off) adds the shift :math:`s(c)` of
+    :mod:`condmonge.models.prior` outside the gates, ``T(x, c) = x + s(c) + g(c) f(x, c)``, and
+    zero where a gate closes the map (every dose 0, a gated covariate at its neutral value). Its
+    tables are constants: ``prior_signature [K, P]``, ``prior_shift [K, d]`` and
+    ``prior_group_mask [P]`` (nearest: which entries of the signature decide what leaves a
+    condition out of its own prior), or ``prior_coef [P, d]``, ``prior_offset [P]`` and
+    ``prior_intercept [d]`` (linear: the ridge on every training condition).
     """
 
     n_features: int
@@ -133,7 +135,7 @@ class ConditionalResidualMap(nn.Module):
     pooling: str = "sum"
     dose_gate: bool = False
     shift_head: bool = False
-    prior: bool = False
+    prior: str = "none"
     covariate_neutral: tuple[float | None, ...] = ()
     dtype: Any = jnp.float32
 
@@ -172,22 +174,29 @@ class ConditionalResidualMap(nn.Module):
                 b = self.param(f"covariate_gate_{j}", nn.initializers.constant(0.5413), ())
                 delta = delta * jnp.tanh(nn.softplus(b) * gap)
                 is_open = is_open & (gap > 0)
-        if self.prior:
+        if self.prior != "none":
             delta = delta + jnp.where(is_open, self._prior_shift(condition), 0.0)
         return x + delta
 
     def _prior_shift(self, condition: EncodedConditions) -> jnp.ndarray:
-        """:func:`~condmonge.models.prior.nearest_shift` of ``condition`` from the constants."""
+        """The prior ``s(c) [d]`` of ``condition`` from the constants."""
         signature = condition_signature(
             condition.perturbation, condition.log_dose, condition.mask, condition.context
         )
-        size = signature.shape[-1]
-        table = self.variable("constants", "prior_signature", jnp.zeros, (1, size)).value
-        shifts = self.variable("constants", "prior_shift", jnp.zeros, (1, self.n_features))
-        group_mask = self.variable("constants", "prior_group_mask", jnp.ones, (size,)).value
-        return nearest_shift(
-            signature, signature * group_mask, table, table * group_mask, shifts.value
-        )
+        size, d = signature.shape[-1], self.n_features
+
+        def constant(name, init, shape):
+            return self.variable("constants", name, init, shape).value
+
+        if self.prior == "linear":
+            coef = constant("prior_coef", jnp.zeros, (size, d))
+            offset = constant("prior_offset", jnp.zeros, (size,))
+            intercept = constant("prior_intercept", jnp.zeros, (d,))
+            return linear_shift(signature, coef, offset, intercept)
+        table = constant("prior_signature", jnp.zeros, (1, size))
+        shifts = constant("prior_shift", jnp.zeros, (1, d))
+        group_mask = constant("prior_group_mask", jnp.ones, (size,))
+        return nearest_shift(signature, signature * group_mask, table, table * group_mask, shifts)
 
 
 def network_from_config(
@@ -211,7 +220,7 @@ def network_from_config(
         pooling=m.pooling,
         dose_gate=m.dose_gate if m.dose_gate is not None else config.data.dose_key is not None,
         shift_head=m.shift_head,
-        prior=m.prior == "nearest",
+        prior=m.prior,
         covariate_neutral=tuple(covariate_neutral),
         dtype=jnp.bfloat16 if config.train.precision == "bfloat16" else jnp.float32,
     )

@@ -124,8 +124,10 @@ def fit_map(  # noqa: PLR0913  the data, the config and keyword-only run options
     conditions = [data.cells.conditions[i] for i in data.train_ids]
     encoded, val_encoded = _encode(data, data.train_ids), _encode(data, data.val_ids)
     prior = None  # the tables of model.prior (condmonge.models.prior)
-    if config.model.prior == "nearest":
-        prior = prior_constants(data.train_pools, encoded, data.validation["kind"])
+    if config.model.prior != "none":
+        prior = prior_constants(
+            data.train_pools, encoded, data.validation["kind"], config.model.prior
+        )
     trained = TrainedMap(
         config=config,
         feature_names=data.feature_names,
@@ -408,7 +410,8 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
         val_encoded,
         on_validation=on_validation,
     )
-    return train_loop(state, loop, parts, cfg_train)
+    # With a shift prior the starting map is a baseline, kept unless training beats it.
+    return train_loop(state, loop, parts, cfg_train, validate_start=cfg.model.prior != "none")
 
 
 def _all_finite(tree: Any) -> bool:

@@ -344,17 +344,23 @@ def train_loop(
     parts: LoopParts,
     cfg: TrainConfig,
     log_every: int = 10,
+    validate_start: bool = False,
 ) -> tuple[TrainState, TrainLoopState]:
     """Run ``parts.step_fn`` until ``cfg.steps``, validating, stopping early and checkpointing.
 
     The host reads the device only every ``log_every`` steps and at validations, so steps are
-    dispatched ahead of the device in between.
+    dispatched ahead of the device in between. With ``validate_start`` a fresh run (step 0)
+    first validates its starting parameters, which become ``best_params`` (``best_step`` 0)
+    unless a later validation beats them: the starting map is a baseline worth keeping when
+    the network starts from a shift prior (``model.prior``). It is not in the history.
 
     Returns:
       The final state and the loop state whose ``best_params`` are the parameters with the
       lowest validation fitting term (``best_val_loss``; lower is better).
     """
     log = _Log(cfg, int(state.step))
+    if validate_start and int(state.step) == 0:
+        loop = loop.replace(best_params=state.params, best_val_loss=_validate(state, parts, log)[1])
     with log.bar:
         try:
             for step in range(int(state.step) + 1, cfg.steps + 1):
@@ -436,13 +442,8 @@ def _log_step(step, states, loop, metrics, parts: LoopParts, log: _Log):
     log.bar.update(log.task, completed=step, loss=f"{loss:.4g}", rate=record["steps_per_s"])
     validating = step % cfg.validate_every == 0 or step == cfg.steps
     if validating:
-        conditions = parts.conditions if parts.val_conditions is None else parts.val_conditions
-        values = parts.eval_fn(
-            state.params, state.constants, parts.val_pools, conditions, log.val_rng
-        )
-        # The fitting term alone selects the parameters: comparable across Monge-gap weights.
-        record["val_loss"] = float(values["loss"])
-        record["val_fit"] = val = float(values["fit"])
+        record["val_loss"], record["val_fit"] = _validate(state, parts, log)
+        val = record["val_fit"]
         log.bar.update(log.task, val=f"{val:.4g}")
         if val < loop.best_val_loss:
             loop = loop.replace(
@@ -457,6 +458,16 @@ def _log_step(step, states, loop, metrics, parts: LoopParts, log: _Log):
     if stop:
         parts.checkpoint(state, loop)
     return loop, stop
+
+
+def _validate(state: TrainState, parts: LoopParts, log: _Log) -> tuple[float, float]:
+    """The validation loss and fitting term of ``state``'s parameters.
+
+    The fitting term alone selects the parameters: comparable across Monge-gap weights.
+    """
+    conditions = parts.conditions if parts.val_conditions is None else parts.val_conditions
+    values = parts.eval_fn(state.params, state.constants, parts.val_pools, conditions, log.val_rng)
+    return float(values["loss"]), float(values["fit"])
 
 
 def _bad_conditions(metrics: dict, parts: LoopParts) -> list[str]:
