@@ -110,11 +110,16 @@ def dense(x) -> np.ndarray:
 
 
 def score(adata, overrides: dict, holdout: list[str], embeddings) -> dict[str, float]:
-    """Train without ``holdout``, predict it from the controls, mean metrics over it."""
+    """Train without ``holdout``, predict it from the controls, mean metrics over it.
+
+    ``val_fit`` is the model's own best validation fitting term (on held-out *training*
+    conditions; what ``tune`` minimises), for checking what validation would have chosen.
+    """
     model = ConditionalMonge(Config().updated(overrides))
     model.fit(adata, "condition", "control", holdout=holdout, embeddings=embeddings)
     is_control = (adata.obs["condition"] == "control").to_numpy()
-    return metrics_of(adata, model.predict(adata[is_control], holdout), holdout)
+    row = metrics_of(adata, model.predict(adata[is_control], holdout), holdout)
+    return row | {"val_fit": round(float(model.loop.best_val_loss), 4)}
 
 
 def score_baseline(adata, name: str, holdout: list[str], embeddings) -> dict[str, float]:
