@@ -85,9 +85,10 @@ def test_untrained_map_is_the_nearest_training_shift():
     assert np.abs(loo - _mean_shift(adata, "A")).max() > 0.5
 
 
-def test_dose_zero_stays_the_identity_with_a_prior():
+@pytest.mark.parametrize("prior", ["nearest", "linear"])
+def test_dose_zero_stays_the_identity_with_a_prior(prior):
     adata = make_adata(conditions=("A", "B"), doses=(1.0, 10.0), d=4)
-    model = _untrained().fit(adata, "condition", "control", dose_key="dose")
+    model = _untrained(**{"model.prior": prior}).fit(adata, "condition", "control", dose_key="dose")
     controls = adata[(adata.obs["condition"] == "control").to_numpy()]
     pred = model.predict(controls, ["A"], dose=0.0)
     np.testing.assert_array_equal(np.asarray(pred.X), np.asarray(controls.X))
