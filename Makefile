@@ -11,7 +11,7 @@ export NO_MKDOCS_2_WARNING := 1
 # the longest first: tests/conftest.py): CI has 2 cores. `make test PYTEST_WORKERS=0` runs in
 # one process.
 PYTEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup \
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile \
 	--no-loadscope-reorder
 
 .PHONY: demo test test-fast docs docs-check lint clean

@@ -28,45 +28,37 @@ import condmonge as cm
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
-# Scheduling over the pytest-xdist workers (``make test``: ``--dist loadgroup``): the tests of
-# one file go to one worker (module fixtures are built once), except the files below, whose
-# tests are independent work units (each tutorial, each kill-and-resume run). Units start
-# longest first (``--no-loadscope-reorder`` keeps this order), so that the two workers finish
-# together instead of one waiting on a long file picked last.
-SPLIT_FILES = {"test_tutorials.py"}
-# Seconds of a unit in a full run (2 workers, loaded 2-core machine); unlisted units are shorter.
-UNIT_SECONDS = {
-    "test_tutorials.py::test_tutorial_executes_without_error[protein_time]": 150,
+# Scheduling over the pytest-xdist workers (``make test``: ``--dist loadfile``, every test file
+# on one worker, so module fixtures are built once): files start longest first
+# (``--no-loadscope-reorder`` keeps the order of the items below), so that the two workers
+# finish together instead of one waiting on a long file picked last. Each tutorial has its own
+# file (tests/tutorials.py) for the same reason.
+# Seconds of a file in a full run (2 workers, loaded 2-core machine); unlisted files are shorter.
+FILE_SECONDS = {
     "test_api.py": 300,
     "test_tune.py": 220,
     "test_scale.py": 200,
     "test_cli_catalogue.py": 170,
     "test_tables.py": 160,
     "test_cli.py": 160,
+    "test_tutorial_protein_time.py": 150,
     "test_ensemble.py": 150,
     "test_condition_validation.py": 150,
-    "test_tutorials.py::test_tutorial_executes_without_error[cell_type_transfer]": 95,
-    "test_tutorials.py::test_tutorial_executes_without_error[unseen_drugs_smiles]": 85,
-    "test_tutorials.py::test_tutorial_executes_without_error[unseen_combinations]": 75,
     "test_moments.py": 105,
     "test_reliability.py": 105,
     "test_predict.py": 100,
+    "test_tutorial_cell_type_transfer.py": 95,
+    "test_tutorial_unseen_drugs_smiles.py": 85,
+    "test_tutorial_unseen_combinations.py": 75,
     "test_covariates.py": 75,
     "test_prior.py": 65,
     "test_demo.py": 60,
 }
 
 
-def _unit(item) -> str:
-    name = item.path.name
-    return f"{name}::{item.name}" if name in SPLIT_FILES else name
-
-
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_unit(item)))
-    order = {unit: i for i, unit in enumerate(dict.fromkeys(_unit(item) for item in items))}
-    items.sort(key=lambda item: (-UNIT_SECONDS.get(_unit(item), 0), order[_unit(item)]))
+    order = {name: i for i, name in enumerate(dict.fromkeys(item.path.name for item in items))}
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), order[item.path.name]))
 
 
 @pytest.fixture
