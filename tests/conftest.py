@@ -1,6 +1,9 @@
 import atexit
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
@@ -115,6 +118,18 @@ def tiny_config(**overrides):
     }
     base.update(overrides)
     return cm.Config().updated(base)
+
+
+def run_cli_batch(*commands, **kwargs):
+    """``[{"code", "stdout", "stderr"}]`` of ``condmonge`` command lines run one after the other
+    through the CLI's entry point in one subprocess (``tests/cli_batch.py``: the console
+    script's checks, warnings and exit codes, with JAX imported once instead of per command)."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "cli_batch.py")],
+        input=json.dumps([list(map(str, c)) for c in commands]), capture_output=True, text=True,
+        check=True, **kwargs,
+    )  # fmt: skip
+    return json.loads(done.stdout)
 
 
 @pytest.fixture
