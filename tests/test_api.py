@@ -12,7 +12,8 @@ import condmonge as cm
 from conftest import make_adata, tiny_config
 
 
-@pytest.mark.parametrize("n_conditions", [5, 50])
+# 50 conditions: the same single trace with a larger condition table (slow: a second fit).
+@pytest.mark.parametrize("n_conditions", [5, pytest.param(50, marks=pytest.mark.slow)])
 def test_training_step_is_traced_once(n_conditions):
     names = [f"d{i}" for i in range(n_conditions)]
     data = make_adata(n_per_condition=20, d=4, conditions=names)

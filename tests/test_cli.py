@@ -63,6 +63,7 @@ def workspace(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # the CLI training subprocess (workspace)
 def test_train_writes_checkpoint_and_config(workspace):
     assert (workspace / "run" / "model.safetensors").is_file()
     saved = yaml.safe_load((workspace / "run" / "config.yaml").read_text())
@@ -123,6 +124,7 @@ def bad_input_outcomes(workspace, tmp_path_factory):
     return {c: (r, t) for (c, _), r, t in zip(BAD_INPUT, results, tmps, strict=True)}
 
 
+@pytest.mark.slow  # the CLI training subprocess (workspace); fast cases: test_cli_catalogue
 @pytest.mark.parametrize(("command", "message"), BAD_INPUT)
 def test_bad_input_exits_2_with_one_line(bad_input_outcomes, command, message):
     result, tmp_path = bad_input_outcomes[command]

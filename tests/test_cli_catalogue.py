@@ -363,6 +363,7 @@ def _wall(args):
     return time.perf_counter() - start, result
 
 
+@pytest.mark.slow  # 14 new Python processes, timed
 def test_help_and_version_do_not_import_jax():
     code = "import sys, condmonge.cli; print('jax' in sys.modules, 'anndata' in sys.modules)"
     assert _wall(["-c", code])[1].stdout.split() == ["False", "False"]

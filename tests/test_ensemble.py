@@ -173,6 +173,7 @@ def test_cli_trains_members_and_predicts_their_mixture(data, tmp_path):
     assert "unknown; use one of mean, mixture" in bad["stderr"]
 
 
+@pytest.mark.slow  # an ensemble fit
 def test_members_share_the_validation_split_and_the_pca():
     # Condition-level validation and the PCA depend on the split seed, not the member's seed:
     # every member is trained on the same conditions and cells, in the same latent space.
