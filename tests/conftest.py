@@ -1,6 +1,9 @@
 import atexit
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
@@ -26,6 +29,39 @@ import scipy.sparse as sp
 import condmonge as cm
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+# Scheduling over the pytest-xdist workers (``make test``: ``--dist loadfile``, every test file
+# on one worker, so module fixtures are built once): files start longest first
+# (``--no-loadscope-reorder`` keeps the order of the items below), so that the two workers
+# finish together instead of one waiting on a long file picked last. Each tutorial has its own
+# file (tests/tutorials.py) for the same reason.
+# Seconds of a file in a full run (2 workers, loaded 2-core machine); unlisted files are shorter.
+FILE_SECONDS = {
+    "test_api.py": 300,
+    "test_tune.py": 220,
+    "test_scale.py": 200,
+    "test_cli_catalogue.py": 170,
+    "test_tables.py": 160,
+    "test_cli.py": 160,
+    "test_tutorial_protein_time.py": 150,
+    "test_ensemble.py": 150,
+    "test_condition_validation.py": 150,
+    "test_moments.py": 105,
+    "test_reliability.py": 105,
+    "test_predict.py": 100,
+    "test_tutorial_cell_type_transfer.py": 95,
+    "test_tutorial_unseen_drugs_smiles.py": 85,
+    "test_tutorial_unseen_combinations.py": 75,
+    "test_covariates.py": 75,
+    "test_prior.py": 65,
+    "test_demo.py": 60,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {name: i for i, name in enumerate(dict.fromkeys(item.path.name for item in items))}
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), order[item.path.name]))
 
 
 @pytest.fixture
@@ -82,6 +118,18 @@ def tiny_config(**overrides):
     }
     base.update(overrides)
     return cm.Config().updated(base)
+
+
+def run_cli_batch(*commands, **kwargs):
+    """``[{"code", "stdout", "stderr"}]`` of ``condmonge`` command lines run one after the other
+    through the CLI's entry point in one subprocess (``tests/cli_batch.py``: the console
+    script's checks, warnings and exit codes, with JAX imported once instead of per command)."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "cli_batch.py")],
+        input=json.dumps([list(map(str, c)) for c in commands]), capture_output=True, text=True,
+        check=True, **kwargs,
+    )  # fmt: skip
+    return json.loads(done.stdout)
 
 
 @pytest.fixture

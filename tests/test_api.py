@@ -12,7 +12,8 @@ import condmonge as cm
 from conftest import make_adata, tiny_config
 
 
-@pytest.mark.parametrize("n_conditions", [5, 50])
+# 50 conditions: the same single trace with a larger condition table (slow: a second fit).
+@pytest.mark.parametrize("n_conditions", [5, pytest.param(50, marks=pytest.mark.slow)])
 def test_training_step_is_traced_once(n_conditions):
     names = [f"d{i}" for i in range(n_conditions)]
     data = make_adata(n_per_condition=20, d=4, conditions=names)
@@ -22,8 +23,16 @@ def test_training_step_is_traced_once(n_conditions):
     assert model.n_traces == 1
 
 
-def test_prediction_blocks_and_obs(adata):
-    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control")
+@pytest.fixture(scope="module")
+def fitted():
+    """``make_adata()`` and a model fitted on it with ``tiny_config()`` and the default seed (0),
+    shared by the tests that only read the model (predict, save, load)."""
+    adata = make_adata()
+    return adata, cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control")
+
+
+def test_prediction_blocks_and_obs(fitted):
+    adata, model = fitted
     pred = model.predict(adata, ["A", "B+A"])
     n_ctrl = int((adata.obs.condition == "control").sum())
     assert pred.n_obs == 2 * n_ctrl
@@ -67,20 +76,21 @@ def test_unseen_perturbation_with_embedding_table():
 
 
 @pytest.mark.slow
-def test_same_seed_same_parameters_and_different_seed_differs(adata):
+def test_same_seed_same_parameters_and_different_seed_differs(fitted):
+    adata, first = fitted  # seed 0
+
     def params(seed):
         model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control", seed=seed)
         return model.predict(adata, ["A+B"]).X
 
-    np.testing.assert_array_equal(params(3), params(3))
-    assert not np.array_equal(params(3), params(4))
+    expected = first.predict(adata, ["A+B"]).X
+    np.testing.assert_array_equal(params(0), expected)
+    assert not np.array_equal(params(1), expected)
 
 
 @pytest.mark.slow  # new Python processes (JAX start-up each)
-def test_save_load_in_new_process_gives_identical_predictions(adata, tmp_path):
-    model = cm.ConditionalMonge(tiny_config()).fit(
-        adata, "condition", "control", checkpoint_dir=tmp_path / "run"
-    )
+def test_save_load_in_new_process_gives_identical_predictions(fitted, tmp_path):
+    adata, model = fitted
     model.save(tmp_path / "run")
     adata.write_h5ad(tmp_path / "data.h5ad")
     expected = model.predict(adata, ["A+B", "B"]).X
@@ -94,17 +104,15 @@ def test_save_load_in_new_process_gives_identical_predictions(adata, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), expected)
 
 
-def test_checkpoint_is_safetensors_without_pickle(adata, tmp_path):
-    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control")
-    path = model.save(tmp_path)
+def test_checkpoint_is_safetensors_without_pickle(fitted, tmp_path):
+    path = fitted[1].save(tmp_path)
     raw = path.read_bytes()
     assert b"condmonge-checkpoint" in raw[:20000]
     assert b"\x80\x04\x95" not in raw  # no pickle protocol-4 frame anywhere
 
 
-def test_truncated_and_foreign_checkpoints(adata, tmp_path):
-    model = cm.ConditionalMonge(tiny_config()).fit(adata, "condition", "control")
-    path = model.save(tmp_path / "run")
+def test_truncated_and_foreign_checkpoints(fitted, tmp_path):
+    path = fitted[1].save(tmp_path / "run")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(cm.errors.CheckpointError, match="truncated or foreign"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import make_adata
+from conftest import make_adata, run_cli_batch
 
 CONFIG = {
     "train": {
@@ -63,6 +63,7 @@ def workspace(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # the CLI training subprocess (workspace)
 def test_train_writes_checkpoint_and_config(workspace):
     assert (workspace / "run" / "model.safetensors").is_file()
     saved = yaml.safe_load((workspace / "run" / "config.yaml").read_text())
@@ -72,71 +73,65 @@ def test_train_writes_checkpoint_and_config(workspace):
 
 @pytest.mark.slow
 def test_predict_conditions_and_query(workspace):
-    out = workspace / "pred.h5ad"
-    result = run_cli(
-        "predict",
-        workspace / "run",
-        workspace / "data.h5ad",
-        "--out",
-        out,
-        "--conditions",
-        "A+B,B",
-        "--dose",
-        10,
-        "--cell-type",
-        "k2",
+    out, query = workspace / "pred.h5ad", workspace / "pred_query.h5ad"
+    (workspace / "q.csv").write_text("condition,dose,cell_type\nA,1,k1\nA+B,1+10,k2\nB,5,k1\n")
+    predict = ["predict", workspace / "run", workspace / "data.h5ad", "--out"]
+    results = run_cli_batch(
+        [*predict, out, "--conditions", "A+B,B", "--dose", 10, "--cell-type", "k2"],
+        [*predict, query, "--query", workspace / "q.csv"],
     )
-    assert result.returncode == 0, result.stderr
+    assert [r["code"] for r in results] == [0, 0], [r["stderr"] for r in results]
     pred = ad.read_h5ad(out)
     assert pred.n_obs == 2 * 60 and pred.n_vars == 6
     assert set(pred.obs["condition"]) == {"A+B", "B"}
     assert set(pred.obs["cell_type"]) == {"k2"} and set(pred.obs["dose"]) == {"10+10", "10"}
     assert np.isfinite(pred.X).all()
-    (workspace / "q.csv").write_text("condition,dose,cell_type\nA,1,k1\nA+B,1+10,k2\nB,5,k1\n")
-    result = run_cli(
-        "predict",
-        workspace / "run",
-        workspace / "data.h5ad",
-        "--out",
-        out,
-        "--query",
-        workspace / "q.csv",
-    )
-    assert result.returncode == 0, result.stderr
-    assert ad.read_h5ad(out).obs["condition_id"].nunique() == 3
+    assert ad.read_h5ad(query).obs["condition_id"].nunique() == 3
 
 
 TRAIN = "train {data} --out {tmp}/r --condition-key"
 
+BAD_INPUT = [
+    (f"{TRAIN} drug --control control", "adata.obs has no column 'drug'"),
+    (f"{TRAIN} condition --control ctrl", "control label 'ctrl' not found"),
+    (
+        "train {tmp}/missing.h5ad --out {tmp}/r --condition-key condition --control control",
+        "does not exist",
+    ),
+    (f"{TRAIN} condition --control control --embedding nonsense", "must be KEY=TABLE.csv"),
+    (
+        "predict {run} {data} --out {tmp}/p.h5ad --conditions Z --dose 1",
+        "perturbation 'Z' was not seen in training",
+    ),
+    ("predict {tmp} {data} --out {tmp}/p.h5ad", "no checkpoint at"),
+    (
+        "train {data} --out {run} --condition-key condition --control control",
+        "already holds a run (model.safetensors); pass --resume to continue it, --overwrite",
+    ),
+]
 
-@pytest.mark.parametrize(
-    ("command", "message"),
-    [
-        (f"{TRAIN} drug --control control", "adata.obs has no column 'drug'"),
-        (f"{TRAIN} condition --control ctrl", "control label 'ctrl' not found"),
-        (
-            "train {tmp}/missing.h5ad --out {tmp}/r --condition-key condition --control control",
-            "does not exist",
-        ),
-        (f"{TRAIN} condition --control control --embedding nonsense", "must be KEY=TABLE.csv"),
-        (
-            "predict {run} {data} --out {tmp}/p.h5ad --conditions Z --dose 1",
-            "perturbation 'Z' was not seen in training",
-        ),
-        ("predict {tmp} {data} --out {tmp}/p.h5ad", "no checkpoint at"),
-        (
-            "train {data} --out {run} --condition-key condition --control control",
-            "already holds a run (model.safetensors); pass --resume to continue it, --overwrite",
-        ),
-    ],
-)
-def test_bad_input_exits_2_with_one_line(workspace, tmp_path, command, message):
-    fmt = {"data": workspace / "data.h5ad", "tmp": tmp_path, "run": workspace / "run"}
-    result = run_cli(*command.format(**fmt).split())
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(workspace, tmp_path_factory):
+    """``{command: (result, tmp dir)}``: every bad command line through the CLI's entry point
+    in one subprocess (``tests/cli_batch.py``; JAX is imported once, not once per case)."""
+    tmps = [tmp_path_factory.mktemp("bad") for _ in BAD_INPUT]
+    commands = [
+        command.format(data=workspace / "data.h5ad", tmp=tmp, run=workspace / "run").split()
+        for (command, _), tmp in zip(BAD_INPUT, tmps, strict=True)
+    ]
+    results = run_cli_batch(*commands)
+    return {c: (r, t) for (c, _), r, t in zip(BAD_INPUT, results, tmps, strict=True)}
+
+
+@pytest.mark.slow  # the CLI training subprocess (workspace); fast cases: test_cli_catalogue
+@pytest.mark.parametrize(("command", "message"), BAD_INPUT)
+def test_bad_input_exits_2_with_one_line(bad_input_outcomes, command, message):
+    result, tmp_path = bad_input_outcomes[command]
+    assert result["code"] == 2
+    lines = result["stderr"].strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result["stderr"]
     assert not (tmp_path / "p.h5ad").exists()
 
 

@@ -215,6 +215,7 @@ def test_fit_holds_back_combinations_and_records_it(combo_data, tmp_path):
     assert load_trained(tmp_path).validation == v  # in the checkpoint
 
 
+@pytest.mark.slow  # three fits (a resume); resume in general: test_api, test_reliability
 def test_resume_with_condition_validation_is_bitwise(combo_data, tmp_path, monkeypatch):
     cfg = tiny_config(**{"train.steps": 8, "train.checkpoint_every": 4})
     saved = fit_module.save_trained
@@ -257,6 +258,7 @@ def test_fit_falls_back_with_a_warning(tmp_path):
         cm.ConditionalMonge(explicit).fit(few, "condition", "control", holdout=["B"])
 
 
+@pytest.mark.slow  # a fallback fit; the fallback rule: test_fit_falls_back_with_a_warning
 def test_one_hot_perturbation_out_falls_back(combo_data):
     # Unseen perturbations cannot be one-hot encoded: held-back cells, and the warning says so.
     with pytest.warns(DataWarning, match="give an embedding table"):
@@ -317,6 +319,7 @@ def test_auto_components_rule():
     assert auto_components(np.array([1.0, 0.0])) == 1
 
 
+@pytest.mark.slow  # two fits; the rule itself: test_auto_components_rule
 def test_auto_pca_for_wide_inputs_only():
     rng = np.random.default_rng(0)
     wide = make_adata(n_per_condition=30, d=4, conditions=("A", "B"))

@@ -1,8 +1,5 @@
 """Ensembles: one member is the single model bit for bit; members' spread and OOD score."""
 
-import subprocess
-import sys
-
 import anndata as ad
 import jax
 import numpy as np
@@ -14,7 +11,7 @@ from condmonge.models.transport import BatchedTransport, combine_members, member
 from condmonge.train import checkpoint as ckpt
 from condmonge.train.fit import fit_map
 from condmonge.train.persistence import save_trained
-from conftest import make_adata, tiny_config
+from conftest import make_adata, run_cli_batch, tiny_config
 
 QUERY = ["A", "B", "A+B"]
 
@@ -149,38 +146,34 @@ def test_save_load_round_trip_predicts_the_same(data, pair, tmp_path):
         cm.ConditionalMonge.load(tmp_path / "run")
 
 
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "condmonge.cli", *map(str, args)], capture_output=True, text=True
-    )
-
-
 @pytest.mark.slow
 def test_cli_trains_members_and_predicts_their_mixture(data, tmp_path):
     data.write_h5ad(tmp_path / "data.h5ad")
     config = tiny_config(**{"train.steps": 6})
     config.to_yaml(tmp_path / "config.yaml")
     common = ["--condition-key", "condition", "--control", "control"]
-    result = run_cli(
-        "train", tmp_path / "data.h5ad", "--out", tmp_path / "run", "--config",
-        tmp_path / "config.yaml", *common, "--holdout", "A+B", "--members", "2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "run" / "members" / "1" / ckpt.CHECKPOINT_NAME).is_file()
     out = tmp_path / "pred.h5ad"
-    args = ["predict", tmp_path / "run", tmp_path / "data.h5ad", "--out", out]
-    result = run_cli(*args, "--conditions", "A,A+B", "--members", "mixture")
-    assert result.returncode == 0, result.stderr
+    predict = ["predict", tmp_path / "run", tmp_path / "data.h5ad", "--out", out]
+    # The three commands through the entry point in one subprocess (tests/cli_batch.py).
+    result, predicted, bad = run_cli_batch(
+        ["train", tmp_path / "data.h5ad", "--out", tmp_path / "run", "--config",
+         tmp_path / "config.yaml", *common, "--holdout", "A+B", "--members", "2"],
+        [*predict, "--conditions", "A,A+B", "--members", "mixture"],
+        [*predict, "--members", "median"],
+    )  # fmt: skip
+    assert result["code"] == 0, result["stderr"]
+    assert (tmp_path / "run" / "members" / "1" / ckpt.CHECKPOINT_NAME).is_file()
+    assert predicted["code"] == 0, predicted["stderr"]
     pred = ad.read_h5ad(out)
     assert pred.uns["condmonge"]["ensemble"]["combine"] == "mixture"
     assert np.isfinite(pred.obs[["uncertainty", "ood_score"]].to_numpy()).all()
     table = pred.uns["condmonge"]["per_condition"]
     assert list(table.index) == ["A|dose=1", "A+B|dose=1+1"]
-    bad = run_cli(*args, "--members", "median")
-    assert bad.returncode == 2 and bad.stderr.count("error:") == 1
-    assert "unknown; use one of mean, mixture" in bad.stderr
+    assert bad["code"] == 2 and bad["stderr"].count("error:") == 1
+    assert "unknown; use one of mean, mixture" in bad["stderr"]
 
 
+@pytest.mark.slow  # an ensemble fit
 def test_members_share_the_validation_split_and_the_pca():
     # Condition-level validation and the PCA depend on the split seed, not the member's seed:
     # every member is trained on the same conditions and cells, in the same latent space.

@@ -27,6 +27,7 @@ def _argmin_scale(divergence, rng, d=20, n=256):
     return scales[int(np.argmin(values))]
 
 
+@pytest.mark.slow  # a scan of the loss over spreads
 def test_split_divergence_is_smallest_at_the_true_spread_and_self_debiased_is_not(rng):
     # y is x's law scaled x1.5 (d = 20, 256 cells): the split-half divergence is minimal near
     # 1.5, the Sinkhorn divergence of the batch near 1.1-1.2 (it rewards a shrunken cloud).

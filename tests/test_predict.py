@@ -54,6 +54,7 @@ def test_200_conditions_trace_the_apply_once_and_match_one_at_a_time(dosed):
     assert fresh.predict_traces == 1
 
 
+@pytest.mark.slow  # a fit; one-at-a-time: the 200-conditions test
 def test_pca_model_matches_one_at_a_time_in_gene_space():
     data = make_adata(n_per_condition=30, d=8, cell_types=["k1", "k2"])
     model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 3})).fit(

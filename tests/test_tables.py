@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 
 import anndata as ad
@@ -23,6 +21,7 @@ from condmonge.data.anndata_io import (
 from condmonge.data.tables import read_cells, table_to_anndata, write_cells
 from condmonge.datasets import fouri_like
 from condmonge.errors import CondMongeError, DataError, DataWarning
+from conftest import run_cli_batch
 
 
 def _frame(n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -203,42 +202,47 @@ def test_standardizer_fits_on_the_given_rows_and_inverts():
     assert fit_standardizer(np.ones((5, 2)), np.arange(5)).scale.tolist() == [1.0, 1.0]
 
 
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "condmonge.cli", *map(str, args)], capture_output=True, text=True
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_cli_train_predict_evaluate_on_a_protein_table(tmp_path, suffix):
+    # Each suffix: train on the table, predict into a table of the same format, evaluate it
+    # (the commands of one suffix in one subprocess, tests/cli_batch.py). The wrong query file
+    # does not depend on the table's format: checked once, with the csv run.
     task = fouri_like(n_drugs=3, n_cells=60, n_controls=150, seed=0)
     cells = tmp_path / f"cells{suffix}"
     frame = task.to_frame()
     frame.to_csv(cells, index=False) if suffix == ".csv" else frame.to_parquet(cells)
     query = tmp_path / "query.csv"
     pd.DataFrame({"drug": task.drugs[:2], "time": [48.0, 6.0]}).to_csv(query, index=False)
+    missing = tmp_path / "bad.csv"
+    pd.DataFrame({"drug": [task.drugs[0]]}).to_csv(missing, index=False)
     config = tmp_path / "config.yaml"
     config.write_text(
         "model: {hidden_dim: 16, n_layers: 2, condition_dim: 8, perturbation_hidden_dim: 8}\n"
         "train: {steps: 3, cells_per_condition: 32, conditions_per_step: 4, progress: false}\n"
     )
     run, pred, metrics = tmp_path / "run", tmp_path / f"pred{suffix}", tmp_path / "m.json"
-    done = _cli("train", cells, "--out", run, "--config", config, "--condition-key", "drug",
-                "--control", "control", "--covariate-key", "time:log1p:0")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "log-normalised" not in done.stderr and "raw counts" not in done.stderr  # no RNA warning
-    done = _cli("predict", run, cells, "--query", query, "--out", pred)
-    assert done.returncode == 0, done.stderr
+    commands = [
+        ["train", cells, "--out", run, "--config", config, "--condition-key", "drug",
+         "--control", "control", "--covariate-key", "time:log1p:0"],
+        ["predict", run, cells, "--query", query, "--out", pred],
+        ["evaluate", pred, cells, "--out", metrics, "--condition-key", "drug",
+         "--covariate-key", "time"],
+    ]  # fmt: skip
+    if suffix == ".csv":
+        commands.append(["predict", run, cells, "--query", missing, "--out", tmp_path / "p.csv"])
+    trained, predicted, evaluated, *bad = run_cli_batch(*commands)
+    assert trained["code"] == 0, trained["stderr"]
+    assert "log-normalised" not in trained["stderr"]  # no RNA warning
+    assert "raw counts" not in trained["stderr"]
+    assert predicted["code"] == 0, predicted["stderr"]
     back = read_cells(pred, ["drug", "time"])
     assert back.n_vars == 48 and sorted(back.obs["time"].unique()) == [6.0, 48.0]
-    done = _cli("evaluate", pred, cells, "--out", metrics, "--condition-key", "drug",
-                "--covariate-key", "time")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    assert evaluated["code"] == 0, evaluated["stderr"]
     record = json.loads(metrics.read_text())
     assert record["n_conditions"] == 2 and "energy_distance" in record["aggregate"]
-    missing = tmp_path / "bad.csv"
-    pd.DataFrame({"drug": [task.drugs[0]]}).to_csv(missing, index=False)
-    done = _cli("predict", run, cells, "--query", missing, "--out", tmp_path / "p.csv")
-    assert done.returncode == 2
-    assert done.stderr.startswith("error: query file") and "has no column 'time'" in done.stderr
+    for done in bad:
+        assert done["code"] == 2
+        assert done["stderr"].startswith("error: query file")
+        assert "has no column 'time'" in done["stderr"]
+    assert len(bad) == (suffix == ".csv")

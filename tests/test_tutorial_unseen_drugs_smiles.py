@@ -1,0 +1,10 @@
+"""docs/tutorials/unseen_drugs_smiles.py runs as the site build runs it (tests/tutorials.py)."""
+
+import pytest
+
+from tutorials import execute
+
+
+@pytest.mark.slow
+def test_tutorial_executes_without_error(tmp_path, monkeypatch):
+    execute("unseen_drugs_smiles", tmp_path, monkeypatch)
