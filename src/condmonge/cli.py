@@ -30,6 +30,7 @@ from condmonge.cli_checks import (
     install_interrupt_handler,
     interrupted,
     parse_items,
+    raise_if_interrupted,
     write_crash_log,
 )
 from condmonge.errors import CondMongeError, DataError
@@ -85,6 +86,7 @@ def start() -> ModuleType:
     from condmonge import cli_work
 
     cli_work.show_warnings_plainly()
+    raise_if_interrupted()  # a Ctrl-C swallowed by an import
     return cli_work
 
 

@@ -162,6 +162,18 @@ def interrupted() -> bool:
     return bool(_interrupts)
 
 
+def raise_if_interrupted() -> None:
+    """Raise :class:`KeyboardInterrupt` if a Ctrl-C arrived and was swallowed on the way.
+
+    An import or a library call that catches every exception (``except BaseException``) can
+    drop the ``KeyboardInterrupt`` of a Ctrl-C in start-up; the handler has recorded it, so the
+    command checks here before it starts its long work (seen once in the suite: an interrupt
+    1.5 s into ``train`` was lost and the run trained on).
+    """
+    if _interrupts:
+        raise KeyboardInterrupt
+
+
 # ----------------------------------------------------------------------------- bugs
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from condmonge.cli_checks import raise_if_interrupted
 from condmonge.conditions.encoders import read_table
 from condmonge.conditions.query import check_request
 from condmonge.conditions.smiles import parse_smiles_spec
@@ -157,6 +158,7 @@ def train(  # noqa: PLR0913  the parsed flags of one command
     cfg, spec, tables, adata, test_conditions = read_training(
         data, fit_args, config, embedding, split_key, overrides | covariate_overrides(covariates)
     )
+    raise_if_interrupted()  # a Ctrl-C swallowed while reading
     model = ConditionalMonge(cfg).fit(
         adata,
         spec=spec,
