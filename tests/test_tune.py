@@ -187,14 +187,22 @@ def test_resumed_study_does_not_redraw_the_first_settings(tmp_path):
     assert params[2] not in params[:2]
 
 
-def test_opening_retries_while_another_process_creates_the_tables(tmp_path, monkeypatch):
-    # Two processes opening a new study.db race to CREATE TABLE; the loser retries.
+# Two processes opening a new study.db race to CREATE TABLE (the loser's fails) and to stamp
+# the schema version (the loser's INSERT collides: seen in CI); the loser retries.
+RACE_ERRORS = [
+    sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("exists")),
+    sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE")),
+]
+
+
+@pytest.mark.parametrize("error", RACE_ERRORS, ids=["create-table", "stamp-version"])
+def test_opening_retries_while_another_process_creates_the_tables(tmp_path, monkeypatch, error):
     real, calls = tuning._open_storage, []
 
     def racing(url):
         calls.append(url)
         if len(calls) == 1:
-            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("exists"))
+            raise error
         return real(url)
 
     monkeypatch.setattr(tuning, "_open_storage", racing)
@@ -235,6 +243,22 @@ def test_running_trial_of_a_dead_process_is_failed(tmp_path):
     assert states == {orphan.number: TrialState.FAIL, live.number: TrialState.RUNNING}
 
 
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """The exit codes of ``procs``; once one fails the others are killed (they may be waiting
+    for it), and any still running after ``timeout`` seconds are killed too (code ``None``)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.1)
+    codes = [p.poll() for p in procs]
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return codes
+
+
 WORKER = """
 import os, sys, time
 import optuna
@@ -259,7 +283,7 @@ def test_processes_share_one_study_and_its_budget(tmp_path):
         for seed in (0, 1)
     ]
     # 300 s: on 2 cores shared with a full suite and benchmarks, two JAX imports took >120 s.
-    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+    assert wait_all(workers, timeout=300) == [0, 0]
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path}/study.db")
     states = [t.state for t in study.trials]
     # Each worker stops once the study holds 8 finished trials (the other may finish a last one).
@@ -292,7 +316,7 @@ def resumed(files, tmp_path_factory):
                 before, study = finished(out)
             # The study is being created: no study yet, or the tune process and this reader
             # both creating its tables (the loser's CREATE TABLE fails; seen once in make test).
-            except (KeyError, sqlalchemy.exc.OperationalError):
+            except (KeyError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
                 continue
             running = study.get_trials(states=(TrialState.RUNNING,))
             if len(before) >= 2 and any("pid" in t.user_attrs for t in running):

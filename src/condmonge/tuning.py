@@ -309,14 +309,16 @@ def open_study(
 def _storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     """The study database at ``url``, retried while another process creates its tables.
 
-    Processes that open a new ``study.db`` at the same moment race to create its tables, and
-    the loser's ``CREATE TABLE`` fails ("table ... already exists"); once the winner's tables
-    are there, a new attempt finds them.
+    Processes that open a new ``study.db`` at the same moment race to create its tables and
+    to stamp its schema version: the loser's ``CREATE TABLE`` fails ("table ... already
+    exists", an ``OperationalError``) or its version row collides with the winner's ("UNIQUE
+    constraint failed: alembic_version", an ``IntegrityError``; seen in CI). Once the winner
+    is done, a new attempt finds the tables and the version there.
     """
     for attempt in range(attempts - 1):
         try:
             return _open_storage(url)
-        except sqlalchemy.exc.OperationalError:
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             time.sleep(0.2 * (attempt + 1))
     return _open_storage(url)
 
