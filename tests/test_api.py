@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import condmonge as cm
+from condmonge.train.trainer import clear_compiled_training
 from conftest import make_adata, tiny_config
 
 
@@ -17,10 +18,36 @@ from conftest import make_adata, tiny_config
 def test_training_step_is_traced_once(n_conditions):
     names = [f"d{i}" for i in range(n_conditions)]
     data = make_adata(n_per_condition=20, d=4, conditions=names)
+    clear_compiled_training()  # an earlier test's run alike would have traced it already
     model = cm.ConditionalMonge(tiny_config(**{"train.steps": 6})).fit(data, "condition", "control")
     assert len(model.conditions) == n_conditions
     assert int(model.state.step) == 6
     assert model.n_traces == 1
+
+
+def test_runs_alike_share_one_compiled_step():
+    # Ensemble members and tune trials differ in seeds and host-side settings: one trace.
+    data = make_adata(n_per_condition=20, d=4, conditions=("A", "B", "C"))
+
+    def fit(**overrides):
+        return cm.ConditionalMonge(tiny_config(**overrides)).fit(data, "condition", "control")
+
+    clear_compiled_training()
+    assert fit().n_traces == 1
+    shared = fit(**{"train.seed": 3, "train.patience": 2, "train.validate_every": 3})
+    assert shared.n_traces == 0
+    assert fit(**{"train.learning_rate": 3e-3}).n_traces == 1  # another optimiser: traced
+    assert fit(**{"loss.fit_epsilon": 0.5}).n_traces == 1  # another loss: traced
+    clear_compiled_training()
+    fresh = fit(**{"train.seed": 3, "train.patience": 2, "train.validate_every": 3})
+    assert fresh.n_traces == 1
+    # The shared step computes what a freshly traced one does, bit for bit.
+    assert shared.validation == fresh.validation
+    np.testing.assert_array_equal(shared.predict(data).X, fresh.predict(data).X)
+    pd.testing.assert_frame_equal(
+        shared.history.drop(columns="steps_per_s"),
+        fresh.history.drop(columns="steps_per_s"),
+    )
 
 
 @pytest.fixture(scope="module")

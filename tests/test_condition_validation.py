@@ -24,6 +24,7 @@ from condmonge.data.validation import KINDS, choose_validation, describe, infer_
 from condmonge.errors import ConfigError, DataWarning
 from condmonge.train import fit as fit_module
 from condmonge.train.persistence import load_trained
+from condmonge.train.trainer import clear_compiled_training
 from conftest import make_adata, tiny_config
 
 NAMES = [f"d{i}" for i in range(8)]
@@ -230,6 +231,7 @@ def test_resume_with_condition_validation_is_bitwise(combo_data, tmp_path, monke
     fit = {"holdout": ["A+B"], "checkpoint_dir": tmp_path / "a"}
     whole = cm.ConditionalMonge(cfg).fit(combo_data, "condition", "control", **fit)
     fit = {"holdout": ["A+B"], "checkpoint_dir": tmp_path / "b", "resume": True}
+    clear_compiled_training()  # resume as a new process would: trace the step anew
     resumed = cm.ConditionalMonge(cfg).fit(combo_data, "condition", "control", **fit)
     assert resumed.validation == whole.validation and whole.validation["mode"] == "conditions"
     assert resumed.n_traces == 1 and int(resumed.state.step) == 8

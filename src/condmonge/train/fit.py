@@ -60,9 +60,8 @@ from condmonge.train.trainer import (
     LoopParts,
     TrainLoopState,
     TrainState,
-    make_eval_fn,
+    compiled_training,
     make_optimizer,
-    make_train_step,
     train_loop,
 )
 
@@ -152,7 +151,7 @@ def fit_map(  # noqa: PLR0913  the data, the config and keyword-only run options
             state, loop = restore_training(path, trained, state)
         checkpoint_fn = _checkpointer(Path(checkpoint_dir), trained)
     hooks = (checkpoint_fn, on_validation)
-    state, loop = _run(trained, optimizer, state, loop, data, (encoded, val_encoded), hooks)
+    state, loop = _run(trained, state, loop, data, (encoded, val_encoded), hooks)
     return replace(
         trained, params=loop.best_params, constants=state.constants, state=state, loop=loop
     )
@@ -368,17 +367,13 @@ def _checkpointer(directory: Path, trained: TrainedMap):
     return checkpoint_fn
 
 
-def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
+def _run(trained, state, loop, data: _Prepared, encoded, hooks):
     """Compile the step and the validation, place the arrays, and run the training loop.
 
     ``encoded`` is ``(training conditions, validation conditions or None)``; ``hooks`` is
     ``(checkpoint_fn, on_validation)``.
     """
     cfg = trained.config
-
-    def count_trace() -> None:
-        trained.n_traces += 1
-
     mesh = (
         condition_mesh(cfg.train.conditions_per_step, required=cfg.train.data_parallel)
         if cfg.train.data_parallel is not False
@@ -387,11 +382,9 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
     state, train_pools, val_pools, (encoded, val_encoded) = replicate(
         (state, data.train_pools, data.val_pools, encoded), mesh
     )
-    module = trained.module()
-    step_fn = make_train_step(
-        module, optimizer, cfg.loss, cfg.train, on_trace=count_trace, mesh=mesh
-    )
-    eval_fn = make_eval_fn(module, cfg.loss, cfg.train)
+    # Shared with earlier runs of the same network, loss and batch shape (ensemble members,
+    # tune trials): the step is traced once per process, not once per run.
+    compiled = compiled_training(trained.module(), cfg.loss, cfg.train, mesh)
     # A run that stopped early saved its checkpoint at the stopping step; resuming it (e.g.
     # after a kill before the process exited) must not train on.
     cfg_train = cfg.train
@@ -400,8 +393,8 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
     names = [c.key(cfg.data.combination_sep) for c in trained.conditions]
     checkpoint_fn, on_validation = hooks
     parts = LoopParts(
-        step_fn,
-        eval_fn,
+        compiled.step,
+        compiled.evaluate,
         train_pools,
         val_pools,
         encoded,
@@ -410,8 +403,12 @@ def _run(trained, optimizer, state, loop, data: _Prepared, encoded, hooks):
         val_encoded,
         on_validation=on_validation,
     )
-    # With a shift prior the starting map is a baseline, kept unless training beats it.
-    return train_loop(state, loop, parts, cfg_train, validate_start=cfg.model.prior != "none")
+    traces_before = compiled.traces[0]
+    try:
+        # With a shift prior the starting map is a baseline, kept unless training beats it.
+        return train_loop(state, loop, parts, cfg_train, validate_start=cfg.model.prior != "none")
+    finally:
+        trained.n_traces += compiled.traces[0] - traces_before
 
 
 def _all_finite(tree: Any) -> bool:

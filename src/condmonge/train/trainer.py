@@ -16,6 +16,7 @@ redone steps in a row. No Python state, and no host round trip between logging s
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -49,6 +50,9 @@ __all__ = [
     "TrainState",
     "LoopParts",
     "TrainLoopState",
+    "CompiledTraining",
+    "clear_compiled_training",
+    "compiled_training",
     "make_eval_fn",
     "make_optimizer",
     "make_train_step",
@@ -285,6 +289,76 @@ def make_eval_fn(
         return jax.lax.cond(sound, lambda: value, lambda: total(safe_loss, *args)[0])
 
     return evaluate
+
+
+#: TrainConfig fields that only the host loop reads (:func:`train_loop`, checkpoints, the
+#: ensemble and the split), never the step or the validation: fits that differ only in them
+#: share one compiled step (:func:`compiled_training`).
+HOST_ONLY_FIELDS = (
+    "seed",
+    "split_seed",
+    "n_members",
+    "progress",
+    "validate_every",
+    "patience",
+    "checkpoint_every",
+)
+
+
+@dataclass(frozen=True)
+class CompiledTraining:
+    """A run's jitted functions.
+
+    Attributes:
+      step: :func:`make_train_step`'s step, with the optimiser of :func:`make_optimizer`.
+      evaluate: :func:`make_eval_fn`'s validation.
+      traces: a one-element list, the number of times ``step`` has been traced so far.
+    """
+
+    step: Callable[[TrainState, CellPools, EncodedConditions], tuple[TrainState, dict]]
+    evaluate: Callable[..., dict[str, jnp.ndarray]]
+    traces: list
+
+
+def compiled_training(
+    model: nn.Module,
+    loss_cfg: LossConfig,
+    train_cfg: TrainConfig,
+    mesh: jax.sharding.Mesh | None = None,
+) -> CompiledTraining:
+    """The jitted step and validation of a run, shared by the runs of this process alike in it.
+
+    Tracing the step (vmapped Sinkhorn solves, their gradients and the log-domain fallback)
+    costs seconds on a CPU, more than a short run's training: without this, every member of an
+    ensemble and every trial of ``condmonge tune`` would trace it again. Two runs share the
+    functions when ``model``, ``loss_cfg``, ``mesh`` and ``train_cfg`` less
+    :data:`HOST_ONLY_FIELDS` are equal; ``jax.jit`` still traces anew for arrays of new shapes
+    (another data set). The step and the validation close over nothing else, so a shared
+    function computes what a fresh one would (the same program). The last 8 are kept;
+    :func:`clear_compiled_training` drops them.
+    """
+    defaults = TrainConfig()
+    step_view = train_cfg.model_copy(
+        update={name: getattr(defaults, name) for name in HOST_ONLY_FIELDS}
+    )
+    return _compiled_training(model, loss_cfg, step_view, mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_training(model, loss_cfg, train_cfg, mesh) -> CompiledTraining:
+    traces = [0]
+
+    def count_trace() -> None:
+        traces[0] += 1
+
+    optimizer = make_optimizer(train_cfg)
+    step = make_train_step(model, optimizer, loss_cfg, train_cfg, on_trace=count_trace, mesh=mesh)
+    return CompiledTraining(step, make_eval_fn(model, loss_cfg, train_cfg), traces)
+
+
+def clear_compiled_training() -> None:
+    """Forget the functions kept by :func:`compiled_training` (the next run traces anew)."""
+    _compiled_training.cache_clear()
 
 
 def _progress(enabled: bool) -> Progress:
