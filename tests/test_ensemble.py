@@ -189,3 +189,14 @@ def test_members_share_the_validation_split_and_the_pca():
         np.array_equal(a, b)
         for a, b in zip(leaves(first.params), leaves(second.params), strict=True)
     )
+
+
+def test_distances_between_equal_rows_are_exactly_zero():
+    from condmonge.train.ensemble import _distances
+
+    # A queried condition against the training table (one row, another matrix): with
+    # |a|^2 + |b|^2 - 2ab this pair of seed 1 is 3.8e-6 apart.
+    points = np.random.default_rng(1).normal(size=(8, 64)).astype(np.float32) * 30.0
+    dist = _distances(points[[3]], points)
+    assert dist[0, 3] == 0.0
+    np.testing.assert_allclose(dist[0, 1], np.linalg.norm(points[3] - points[1].astype(np.float64)))
