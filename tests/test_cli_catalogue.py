@@ -232,7 +232,7 @@ def test_wrong_command_line_is_one_error_line(ws, outcomes, case):
 CONFIG = (
     "train: {steps: 6, conditions_per_step: 2, cells_per_condition: 100, validate_every: 2, "
     "progress: false}\nmodel: {hidden_dim: 16, n_layers: 2, condition_dim: 8, "
-    "perturbation_hidden_dim: 8}\nloss: {sinkhorn_max_iterations: 20}\n"
+    "perturbation_hidden_dim: 8}\nloss: {sinkhorn_max_iterations: 20, sinkhorn_scaling: false}\n"
 )
 
 

@@ -119,7 +119,7 @@ def test_experiment_on_the_synthetic_task_writes_a_report(tmp_path):
                     "progress": False,
                     "validate_every": 10,
                 },
-                "loss": {"sinkhorn_max_iterations": 20},
+                "loss": {"sinkhorn_max_iterations": 20, "sinkhorn_scaling": False},
             },
         }
     )

@@ -65,7 +65,7 @@ def test_cli_train_and_predict_with_smiles_embedding(tmp_path):
                   "validate_every": 2, "progress": False},
         "model": {"hidden_dim": 16, "n_layers": 2, "condition_dim": 8,
                   "perturbation_hidden_dim": 8},
-        "loss": {"sinkhorn_max_iterations": 20},
+        "loss": {"sinkhorn_max_iterations": 20, "sinkhorn_scaling": False},
     }  # fmt: skip
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
 

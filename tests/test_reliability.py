@@ -29,7 +29,8 @@ KILL_CONFIG = {
         "progress": False,
     },
     "model": {"hidden_dim": 16, "n_layers": 2, "condition_dim": 8, "perturbation_hidden_dim": 8},
-    "loss": {"sinkhorn_max_iterations": 20},
+    # Log-domain solves only, as tests/conftest.py tiny_config (one trace, not two).
+    "loss": {"sinkhorn_max_iterations": 20, "sinkhorn_scaling": False},
 }
 
 
