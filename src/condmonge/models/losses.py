@@ -118,33 +118,22 @@ def split_divergence(
     return _split_divergence(x, y, cfg, lse_mode)[0]
 
 
-def _split_divergence(x, y, cfg: LossConfig, lse_mode: bool, batched: bool = True):
-    """Split divergence and the largest final marginal error of its four solves.
-
-    With halves of one size (``n == m``, every training batch) the four solves are one
-    ``vmap``-ed solve: traced and compiled once instead of four times. A batched Sinkhorn
-    loop freezes each problem once it has converged (``lax.while_loop``'s batching rule), so
-    every solve returns what it returns alone; ``batched=False`` solves them one by one.
-    """
+def _split_divergence(x, y, cfg: LossConfig, lse_mode: bool):
+    """Split divergence and the largest final marginal error of its four solves."""
     h, k = x.shape[0] // 2, y.shape[0] // 2
     xa, xb, ya, yb = x[:h], x[h : 2 * h], y[:k], y[k : 2 * k]
     cost_fn = cost_fn_from_name(cfg.cost)
     first = pointcloud.PointCloud(
         xa, ya, cost_fn=cost_fn, epsilon=cfg.fit_epsilon, relative_epsilon=cfg.fit_epsilon_relative
     )
-    pairs = ((xa, ya), (xb, yb), (xa, xb), (ya, yb))
-
-    def solve(a, b):
-        geom = pointcloud.PointCloud(a, b, cost_fn=cost_fn).copy_epsilon(first)
-        out = linear.solve(geom, **_solver_kwargs(cfg, lse_mode))
-        return out.reg_ot_cost, _final_error(out.errors)
-
-    if batched and h == k:
-        w, errors = jax.vmap(solve)(*(jnp.stack(side) for side in zip(*pairs, strict=True)))
-    else:
-        w, errors = (jnp.stack(v) for v in zip(*(solve(a, b) for a, b in pairs), strict=True))
+    geoms = [first] + [
+        pointcloud.PointCloud(a, b, cost_fn=cost_fn).copy_epsilon(first)
+        for a, b in ((xb, yb), (xa, xb), (ya, yb))
+    ]
+    outs = [linear.solve(g, **_solver_kwargs(cfg, lse_mode)) for g in geoms]
+    w = [o.reg_ot_cost for o in outs]
     value = 0.5 * (w[0] + w[1]) - 0.5 * w[2] - 0.5 * w[3]
-    return value, jnp.max(errors)
+    return value, jnp.max(jnp.stack([_final_error(o.errors) for o in outs]))
 
 
 def monge_gap(
