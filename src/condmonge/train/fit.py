@@ -8,6 +8,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -335,7 +336,7 @@ def init_state(
     rng = jax.random.PRNGKey(seed)
     rng, init_rng = jax.random.split(rng)
     one = jax.tree.map(lambda a: a[0], encoded)
-    variables = module.init(init_rng, jnp.zeros((2, features.shape[1])), one)
+    variables = _jitted_init(module)(init_rng, jnp.zeros((2, features.shape[1])), one)
     scale = features.std(axis=0)
     constants = {
         "feature_mean": jnp.asarray(features.mean(axis=0)),
@@ -349,6 +350,17 @@ def init_state(
         opt_state=optimizer.init(params),
         rng=rng,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(module: Any) -> Callable[..., Any]:
+    """``module.init`` as one jitted program (the same values, bit for bit).
+
+    Run eagerly, Flax's initialisation dispatches and compiles some fifty small XLA programs
+    (one per operation and shape), about 0.8 s of a new process's first fit even when they
+    come from the persistent compilation cache.
+    """
+    return jax.jit(module.init)
 
 
 def _checkpointer(directory: Path, trained: TrainedMap):
