@@ -31,6 +31,7 @@ from condmonge.cli_checks import (
     interrupted,
     parse_items,
     raise_if_interrupted,
+    show_warnings_plainly,
     write_crash_log,
 )
 from condmonge.errors import CondMongeError, DataError
@@ -85,9 +86,22 @@ def start() -> ModuleType:
     use_cpu_cores()  # before any array exists: one JAX CPU device per core, see its docstring
     from condmonge import cli_work
 
-    cli_work.show_warnings_plainly()
+    show_warnings_plainly()
     raise_if_interrupted()  # a Ctrl-C swallowed by an import
     return cli_work
+
+
+def start_split() -> ModuleType:
+    """:func:`start` for ``condmonge split``, which needs the data layer only (no JAX).
+
+    Returns:
+      :mod:`condmonge.cli_split`.
+    """
+    from condmonge import cli_split
+
+    show_warnings_plainly()
+    raise_if_interrupted()
+    return cli_split
 
 
 _COVARIATE_HELP = (
@@ -557,7 +571,7 @@ def split(
         "control_test_fraction": control_test_fraction,
         "seed": seed,
     }
-    summary = start().split(data, out, spec, plan, key_added, features)
+    summary = start_split().split(data, out, spec, plan, key_added, features)
     for side, row in summary.iterrows():
         typer.echo(
             f"{side}: {row.cells} cells ({row.control_cells} control), {row.conditions} "

@@ -7,12 +7,14 @@ before any work starts.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import tempfile
 import threading
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,32 @@ __all__ = [
     "install_interrupt_handler",
     "interrupted",
     "parse_items",
+    "show_warnings_plainly",
     "write_crash_log",
 ]
+
+
+_log = logging.getLogger("condmonge")
+
+# Warnings that are notes about the numerics rather than about the user's input: they go to
+# the debug log (CONDMONGE_DEBUG=1 shows them), not to every run's stderr.
+_INTERNAL_NOTES = ("scaling-domain Sinkhorn",)
+
+
+def show_warnings_plainly() -> None:
+    """Print warnings as ``warning: <message>`` (no file paths or source lines).
+
+    Internal solver notes are logged at debug level instead.
+    """
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = str(message)
+        if any(note in text for note in _INTERNAL_NOTES):
+            _log.debug(text)
+            return
+        print(f"warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
 
 
 # Cell files `train`, `predict` and `split` read and write (the suffix names the format);

@@ -6,9 +6,6 @@ command line imports it only in :func:`condmonge.cli.start`, when a command actu
 
 from __future__ import annotations
 
-import logging
-import sys
-import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -19,7 +16,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from condmonge.cli_checks import raise_if_interrupted
+from condmonge.cli_checks import raise_if_interrupted, show_warnings_plainly
+from condmonge.cli_split import split
 from condmonge.conditions.encoders import read_table
 from condmonge.conditions.query import check_request
 from condmonge.conditions.smiles import parse_smiles_spec
@@ -27,7 +25,6 @@ from condmonge.conditions.spec import parse_covariate
 from condmonge.config import Config, DataConfig, load_config
 from condmonge.data.prepare import label_cells
 from condmonge.data.spec import Condition, ConditionSpec
-from condmonge.data.splits import SplitPlan, make_split, split_summary
 from condmonge.data.tables import TABLE_SUFFIXES, read_cells, write_cells
 from condmonge.data.tables import read_query as read_query_table
 from condmonge.demo import run_demo
@@ -53,29 +50,6 @@ __all__ = [
     "tune",
     "validation_line",
 ]
-
-_log = logging.getLogger("condmonge")
-
-# Warnings that are notes about the numerics rather than about the user's input: they go to
-# the debug log (CONDMONGE_DEBUG=1 shows them), not to every run's stderr.
-_INTERNAL_NOTES = ("scaling-domain Sinkhorn",)
-
-
-def show_warnings_plainly() -> None:
-    """Print warnings as ``warning: <message>`` (no file paths or source lines).
-
-    Internal solver notes are logged at debug level instead.
-    """
-
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = str(message)
-        if any(note in text for note in _INTERNAL_NOTES):
-            _log.debug(text)
-            return
-        print(f"warning: {text}", file=file or sys.stderr)
-
-    warnings.showwarning = show
-
 
 def embeddings(items: Sequence[str], control: str | None) -> dict[str, Any]:
     """``KEY=TABLE.csv`` or ``KEY=smiles[,OPTION=VALUE...]:SMILES.csv`` -> embeddings of fit.
@@ -365,33 +339,6 @@ def predict(
     pred = model.predict(adata, wanted, dose=dose, cell_type=cell_type, ensemble=ensemble)
     write_cells(pred, out)
     return pred
-
-
-def split(  # noqa: PLR0913  the parsed flags of one command
-    data: Path,
-    out: Path,
-    spec: dict[str, Any],
-    plan: dict[str, Any],
-    key: str,
-    features: str | None = None,
-) -> Any:
-    """Add the split column ``key`` to ``data`` (``make_split``), write ``out``; return the summary.
-
-    Args:
-      data, out: input and output ``.h5ad``.
-      spec: ``condition_key``, ``control``, ``dose_key``, ``cell_type_key``.
-      plan: the fields of :class:`~condmonge.data.splits.SplitPlan`.
-      key: the obs column to write.
-      features: for tables, the ``--features`` columns (names or globs, comma-separated).
-    """
-    condition_spec = ConditionSpec(**spec)
-    adata = read_cells(
-        data, condition_spec.obs_keys, required=condition_spec.obs_keys, features=features
-    )
-    make_split(adata, SplitPlan(**plan), condition_spec, key_added=key)
-    summary = split_summary(adata, key)
-    write_cells(adata, out)
-    return summary
 
 
 def experiment(config: Path, out: Path) -> str:
