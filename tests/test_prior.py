@@ -66,9 +66,26 @@ def _mean_shift(adata, label):
     return x[(adata.obs["condition"] == label).to_numpy()].mean(0) - controls
 
 
-def test_untrained_map_is_the_nearest_training_shift():
-    adata = make_adata(conditions=("A", "B", "A+B", "C"), d=4)
-    model = _untrained().fit(adata, "condition", "control", holdout=["A+B"])
+# Untrained models shared by the tests below (each fit compiles its step: module scope).
+NEAREST_DATA = {"conditions": ("A", "B", "A+B", "C"), "d": 4}
+LINEAR_DATA = {"conditions": ("A", "B", "C", "A+B", "B+C", "A+C"), "d": 4}
+
+
+@pytest.fixture(scope="module")
+def nearest_model():
+    adata = make_adata(**NEAREST_DATA)
+    return adata, _untrained().fit(adata, "condition", "control", holdout=["A+B"])
+
+
+@pytest.fixture(scope="module")
+def linear_model():
+    adata = make_adata(**LINEAR_DATA)
+    model = _untrained(**{"model.prior": "linear"})
+    return adata, model.fit(adata, "condition", "control", holdout=["A+C"])
+
+
+def test_untrained_map_is_the_nearest_training_shift(nearest_model):
+    adata, model = nearest_model
     controls = adata[(adata.obs["condition"] == "control").to_numpy()]
     pred = model.predict(controls, ["A+B", "A"])
     n, x = controls.n_obs, np.asarray(controls.X)
@@ -96,14 +113,19 @@ def test_dose_zero_stays_the_identity_with_a_prior(prior):
     assert np.abs(moved).max() > 0.5
 
 
-@pytest.mark.parametrize("prior", ["nearest", "linear"])
-def test_a_saved_model_keeps_its_prior(tmp_path, prior):
-    adata = make_adata(conditions=("A", "B", "A+B"), d=4)
-    model = _untrained(**{"model.prior": prior}).fit(adata, "condition", "control", holdout=["A+B"])
+@pytest.mark.parametrize(
+    ("fixture", "held_out"),
+    [("nearest_model", "A+B"), ("linear_model", "A+C")],
+    ids=["nearest", "linear"],
+)
+def test_a_saved_model_keeps_its_prior(tmp_path, request, fixture, held_out):
+    adata, model = request.getfixturevalue(fixture)
     controls = adata[(adata.obs["condition"] == "control").to_numpy()]
-    before = np.asarray(model.predict(controls, ["A+B"]).X)
+    before = np.asarray(model.predict(controls, [held_out]).X)
     model.save(tmp_path / "model")
-    after = np.asarray(cm.ConditionalMonge.load(tmp_path / "model").predict(controls, ["A+B"]).X)
+    loaded = cm.ConditionalMonge.load(tmp_path / "model")
+    assert loaded.config.model.prior == model.config.model.prior
+    after = np.asarray(loaded.predict(controls, [held_out]).X)
     np.testing.assert_array_equal(before, after)
     assert np.abs(before - np.asarray(controls.X)).max() > 0.5
 
@@ -121,13 +143,10 @@ def test_fit_ridge_matches_scikit_learn():
         np.testing.assert_allclose(ours, ridge.predict(new), atol=1e-8)
 
 
-def test_untrained_linear_prior_is_the_ridge_of_the_training_shifts():
+def test_untrained_linear_prior_is_the_ridge_of_the_training_shifts(linear_model):
     from sklearn.linear_model import Ridge
 
-    adata = make_adata(conditions=("A", "B", "C", "A+B", "B+C", "A+C"), d=4)
-    model = _untrained(**{"model.prior": "linear"}).fit(
-        adata, "condition", "control", holdout=["A+C"]
-    )
+    adata, model = linear_model
     controls = adata[(adata.obs["condition"] == "control").to_numpy()]
     moved = np.asarray(model.predict(controls, ["A+C"]).X) - np.asarray(controls.X)
     np.testing.assert_allclose(moved, moved[:1].repeat(len(moved), 0), atol=1e-5)
