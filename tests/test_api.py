@@ -73,11 +73,19 @@ def test_prediction_blocks_and_obs(fitted):
     np.testing.assert_allclose(again.X, pred.X[:n_ctrl], rtol=1e-6)
 
 
-def test_query_table_with_dose_and_cell_type():
+@pytest.fixture(scope="module")
+def typed_and_dosed():
+    """Two cell types and two doses, trained on every condition (validation on held-back
+    cells: held-back conditions, the default without a holdout, are not trained on)."""
     data = make_adata(cell_types=["k1", "k2"], doses=[1.0, 10.0])
-    model = cm.ConditionalMonge(tiny_config()).fit(
+    model = cm.ConditionalMonge(tiny_config(**{"data.validation": "cells"})).fit(
         data, "condition", "control", dose_key="dose", cell_type_key="cell_type"
     )
+    return data, model
+
+
+def test_query_table_with_dose_and_cell_type(typed_and_dosed):
+    data, model = typed_and_dosed
     query = pd.DataFrame(
         {"condition": ["A", "A+B"], "dose": ["3", "2+5"], "cell_type": ["k2", "k1"]}
     )
@@ -160,7 +168,9 @@ def test_resume_continues_to_the_requested_steps(adata, tmp_path):
 
 
 @pytest.mark.slow
-def test_pca_latent_training_round_trip(adata, tmp_path):
+def test_pca_latent_training_round_trip_and_pca_without_held_out_cells(adata, tmp_path):
+    from condmonge.data.pca import fit_pca
+
     model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 3})).fit(
         adata, "condition", "control", holdout=["A+B"]
     )
@@ -180,32 +190,20 @@ def test_pca_latent_training_round_trip(adata, tmp_path):
     np.testing.assert_array_equal(
         cm.ConditionalMonge.load(tmp_path).predict(adata, ["A+B"]).X, pred.X
     )
-
-
-@pytest.mark.slow
-def test_pca_is_fitted_without_held_out_cells(adata):
-    model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 2})).fit(
-        adata, "condition", "control", holdout=["A+B"]
-    )
-    from condmonge.data.pca import fit_pca
-
+    # The PCA is fitted on the training cells only: not on the held-out A+B.
     kept = np.asarray(adata[adata.obs.condition != "A+B"].X)
     np.testing.assert_allclose(
-        np.abs(model.projection.components), np.abs(fit_pca(kept, 2).components), atol=1e-5
+        np.abs(model.projection.components), np.abs(fit_pca(kept, 3).components), atol=1e-5
     )
 
 
-@pytest.mark.slow
-def test_predict_all_training_conditions_of_available_cell_types():
-    data = make_adata(cell_types=["k1", "k2"])
-    # Held-back cells: held-back conditions (the default without holdout) are not trained on.
-    model = cm.ConditionalMonge(tiny_config(**{"data.validation": "cells"})).fit(
-        data, "condition", "control", cell_type_key="cell_type"
-    )
+def test_predict_all_training_conditions_of_available_cell_types(typed_and_dosed):
+    data, model = typed_and_dosed
     only_k2 = data[data.obs.cell_type == "k2"]
     pred = model.predict(only_k2)
     assert set(pred.obs["cell_type"]) == {"k2"}
     assert set(pred.obs["condition"]) == {"A", "B", "A+B"}
+    assert set(pred.obs["dose"]) == {"1", "10", "1+1", "10+10"}  # every trained dose
 
 
 def test_checkpoint_from_another_format_version_is_refused(tmp_path):
