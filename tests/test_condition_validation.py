@@ -214,6 +214,7 @@ def test_fit_holds_back_combinations_and_records_it(combo_data, tmp_path):
     assert model.loop.best_val_loss == pytest.approx(val["val_fit"].min())
     assert (val["val_loss"] >= val["val_fit"] - 1e-6).all()  # the loss adds the Monge gap
     assert load_trained(tmp_path).validation == v  # in the checkpoint
+    assert model.projection is None  # 4 features: data.n_pca "auto" keeps them (no PCA)
 
 
 @pytest.mark.slow  # three fits (a resume); resume in general: test_api, test_reliability
@@ -321,7 +322,7 @@ def test_auto_components_rule():
     assert auto_components(np.array([1.0, 0.0])) == 1
 
 
-@pytest.mark.slow  # two fits; the rule itself: test_auto_components_rule
+@pytest.mark.slow  # a fit on 250 genes; the rule itself: test_auto_components_rule
 def test_auto_pca_for_wide_inputs_only():
     rng = np.random.default_rng(0)
     wide = make_adata(n_per_condition=30, d=4, conditions=("A", "B"))
@@ -335,8 +336,7 @@ def test_auto_pca_for_wide_inputs_only():
     k = model.projection.components.shape[1]
     assert 1 <= k <= 4  # the signal, not the 250 noisy genes
     assert model.predict(wide[wide.obs["condition"] == "control"], ["A"]).n_vars == 250
-    narrow = make_adata(n_per_condition=20, d=6, conditions=("A", "B"))
-    assert cm.ConditionalMonge(tiny_config()).fit(narrow, "condition", "control").projection is None
+    # Narrow inputs keep their features: test_fit_holds_back_combinations_and_records_it.
     for text, value in (("auto", "auto"), ("none", None), ("12", 12)):
         assert tiny_config(**{"data.n_pca": text}).data.n_pca == value
     with pytest.raises(ConfigError, match="n_pca must be a number, 'auto' or 'none'"):
