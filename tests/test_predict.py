@@ -54,12 +54,18 @@ def test_200_conditions_trace_the_apply_once_and_match_one_at_a_time(dosed):
     assert fresh.predict_traces == 1
 
 
-@pytest.mark.slow  # a fit; one-at-a-time: the 200-conditions test
-def test_pca_model_matches_one_at_a_time_in_gene_space():
+@pytest.fixture(scope="module")
+def typed_pca():
+    """Two cell types, the map in a 3-d PCA of 8 genes."""
     data = make_adata(n_per_condition=30, d=8, cell_types=["k1", "k2"])
     model = cm.ConditionalMonge(tiny_config(**{"data.n_pca": 3})).fit(
         data, "condition", "control", cell_type_key="cell_type"
     )
+    return data, model
+
+
+def test_pca_model_matches_one_at_a_time_in_gene_space(typed_pca):
+    data, model = typed_pca
     pred = model.predict(data, ["A", "A+B"], cell_type="k2")
     rows = ((data.obs["condition"] == "control") & (data.obs["cell_type"] == "k2")).to_numpy()
     query = model.query_conditions(["A", "A+B"], cell_type="k2")
@@ -67,11 +73,8 @@ def test_pca_model_matches_one_at_a_time_in_gene_space():
     np.testing.assert_allclose(pred.X, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_blocks_keep_query_order_across_cell_types():
-    data = make_adata(n_per_condition=20, d=4, cell_types=["k1", "k2"])
-    model = cm.ConditionalMonge(tiny_config()).fit(
-        data, "condition", "control", cell_type_key="cell_type"
-    )
+def test_blocks_keep_query_order_across_cell_types(typed_pca):
+    data, model = typed_pca
     query = [
         Condition(("A",), (1.0,), "k2"),
         Condition(("B",), (1.0,), "k1"),
