@@ -202,47 +202,53 @@ def test_standardizer_fits_on_the_given_rows_and_inverts():
     assert fit_standardizer(np.ones((5, 2)), np.arange(5)).scale.tolist() == [1.0, 1.0]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
-def test_cli_train_predict_evaluate_on_a_protein_table(tmp_path, suffix):
-    # Each suffix: train on the table, predict into a table of the same format, evaluate it
-    # (the commands of one suffix in one subprocess, tests/cli_batch.py). The wrong query file
-    # does not depend on the table's format: checked once, with the csv run.
-    task = fouri_like(n_drugs=3, n_cells=60, n_controls=150, seed=0)
+def _protein_table_commands(tmp_path, task, suffix):
+    """Train on the table, predict into a table of the same format, evaluate it."""
     cells = tmp_path / f"cells{suffix}"
     frame = task.to_frame()
     frame.to_csv(cells, index=False) if suffix == ".csv" else frame.to_parquet(cells)
-    query = tmp_path / "query.csv"
-    pd.DataFrame({"drug": task.drugs[:2], "time": [48.0, 6.0]}).to_csv(query, index=False)
+    run, pred = tmp_path / f"run{suffix}", tmp_path / f"pred{suffix}"
+    return pred, tmp_path / f"m{suffix}.json", [
+        ["train", cells, "--out", run, "--config", tmp_path / "config.yaml",
+         "--condition-key", "drug", "--control", "control", "--covariate-key", "time:log1p:0"],
+        ["predict", run, cells, "--query", tmp_path / "query.csv", "--out", pred],
+        ["evaluate", pred, cells, "--out", tmp_path / f"m{suffix}.json", "--condition-key",
+         "drug", "--covariate-key", "time"],
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_train_predict_evaluate_on_a_protein_table(tmp_path):
+    # Each of csv and parquet: train, predict and evaluate (all in one subprocess,
+    # tests/cli_batch.py). The wrong query file does not depend on the table's format.
+    task = fouri_like(n_drugs=3, n_cells=60, n_controls=150, seed=0)
+    pd.DataFrame({"drug": task.drugs[:2], "time": [48.0, 6.0]}).to_csv(
+        tmp_path / "query.csv", index=False
+    )
     missing = tmp_path / "bad.csv"
     pd.DataFrame({"drug": [task.drugs[0]]}).to_csv(missing, index=False)
-    config = tmp_path / "config.yaml"
-    config.write_text(
+    (tmp_path / "config.yaml").write_text(
         "model: {hidden_dim: 16, n_layers: 2, condition_dim: 8, perturbation_hidden_dim: 8}\n"
         "train: {steps: 3, cells_per_condition: 32, conditions_per_step: 4, progress: false}\n"
     )
-    run, pred, metrics = tmp_path / "run", tmp_path / f"pred{suffix}", tmp_path / "m.json"
-    commands = [
-        ["train", cells, "--out", run, "--config", config, "--condition-key", "drug",
-         "--control", "control", "--covariate-key", "time:log1p:0"],
-        ["predict", run, cells, "--query", query, "--out", pred],
-        ["evaluate", pred, cells, "--out", metrics, "--condition-key", "drug",
-         "--covariate-key", "time"],
-    ]  # fmt: skip
-    if suffix == ".csv":
-        commands.append(["predict", run, cells, "--query", missing, "--out", tmp_path / "p.csv"])
-    trained, predicted, evaluated, *bad = run_cli_batch(*commands)
-    assert trained["code"] == 0, trained["stderr"]
-    assert "log-normalised" not in trained["stderr"]  # no RNA warning
-    assert "raw counts" not in trained["stderr"]
-    assert predicted["code"] == 0, predicted["stderr"]
-    back = read_cells(pred, ["drug", "time"])
-    assert back.n_vars == 48 and sorted(back.obs["time"].unique()) == [6.0, 48.0]
-    assert evaluated["code"] == 0, evaluated["stderr"]
-    record = json.loads(metrics.read_text())
-    assert record["n_conditions"] == 2 and "energy_distance" in record["aggregate"]
-    for done in bad:
-        assert done["code"] == 2
-        assert done["stderr"].startswith("error: query file")
-        assert "has no column 'time'" in done["stderr"]
-    assert len(bad) == (suffix == ".csv")
+    runs = {
+        suffix: _protein_table_commands(tmp_path, task, suffix) for suffix in (".csv", ".parquet")
+    }
+    bad_query = ["predict", tmp_path / "run.csv", tmp_path / "cells.csv", "--query", missing,
+                 "--out", tmp_path / "p.csv"]  # fmt: skip
+    results = run_cli_batch(*(c for _, _, commands in runs.values() for c in commands), bad_query)
+    for (pred, metrics, _), start in zip(runs.values(), (0, 3), strict=True):
+        trained, predicted, evaluated = results[start : start + 3]
+        assert trained["code"] == 0, trained["stderr"]
+        assert "log-normalised" not in trained["stderr"]  # no RNA warning
+        assert "raw counts" not in trained["stderr"]
+        assert predicted["code"] == 0, predicted["stderr"]
+        back = read_cells(pred, ["drug", "time"])
+        assert back.n_vars == 48 and sorted(back.obs["time"].unique()) == [6.0, 48.0]
+        assert evaluated["code"] == 0, evaluated["stderr"]
+        record = json.loads(metrics.read_text())
+        assert record["n_conditions"] == 2 and "energy_distance" in record["aggregate"]
+    bad = results[-1]
+    assert bad["code"] == 2
+    assert bad["stderr"].startswith("error: query file")
+    assert "has no column 'time'" in bad["stderr"]
