@@ -38,24 +38,24 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 # file (tests/tutorials.py) for the same reason.
 # Seconds of a file in a full run (2 workers, loaded 2-core machine); unlisted files are shorter.
 FILE_SECONDS = {
-    "test_api.py": 300,
     "test_tune.py": 220,
     "test_scale.py": 200,
-    "test_cli_catalogue.py": 170,
-    "test_tables.py": 160,
+    "test_api.py": 170,
     "test_cli.py": 160,
     "test_tutorial_protein_time.py": 150,
     "test_ensemble.py": 150,
-    "test_condition_validation.py": 150,
-    "test_moments.py": 105,
+    "test_cli_catalogue.py": 120,
     "test_reliability.py": 105,
-    "test_predict.py": 100,
     "test_tutorial_cell_type_transfer.py": 95,
+    "test_condition_validation.py": 85,
+    "test_predict.py": 85,
     "test_tutorial_unseen_drugs_smiles.py": 85,
     "test_tutorial_unseen_combinations.py": 75,
     "test_covariates.py": 75,
-    "test_prior.py": 65,
+    "test_tables.py": 60,
+    "test_moments.py": 60,
     "test_demo.py": 60,
+    "test_prior.py": 50,
 }
 
 
