@@ -37,6 +37,16 @@ GRID = {
     "default": {},
     "prior_linear": {"model.prior": "linear"},
     "prior_nearest": {"model.prior": "nearest"},
+    "distinct": {"train.cell_sampling": "distinct"},
+    "distinct_auto": {"train.cell_sampling": "distinct", "train.cells_per_condition": "auto"},
+    "auto": {"train.cells_per_condition": "auto"},
+    "lr3e-3": {"train.learning_rate": 3e-3},
+    "lr3e-3_c128": {"train.learning_rate": 3e-3, "train.cells_per_condition": 128},
+    "lr3e-3_distinct_auto": {
+        "train.learning_rate": 3e-3, "train.cell_sampling": "distinct",
+        "train.cells_per_condition": "auto",
+    },  # fmt: skip
+    "lr3e-3_prior_linear": {"train.learning_rate": 3e-3, "model.prior": "linear"},
 }
 
 

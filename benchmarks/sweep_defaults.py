@@ -62,6 +62,21 @@ GRID: dict[str, dict] = {
         "train.learning_rate": 1e-3,
         "train.cells_per_condition": 256,
     },  # fmt: skip
+    "library_distinct": {
+        "data.n_pca": "auto", "train.learning_rate": 1e-3,
+        "train.cells_per_condition": 256, "train.cell_sampling": "distinct",
+    },  # fmt: skip
+    "library_lr3e-3": {
+        "data.n_pca": "auto", "train.learning_rate": 3e-3, "train.cells_per_condition": 256,
+    },  # fmt: skip
+    "library_lr3e-3_distinct_auto": {
+        "data.n_pca": "auto", "train.learning_rate": 3e-3,
+        "train.cells_per_condition": "auto", "train.cell_sampling": "distinct",
+    },  # fmt: skip
+    "library_distinct_auto": {
+        "data.n_pca": "auto", "train.learning_rate": 1e-3,
+        "train.cells_per_condition": "auto", "train.cell_sampling": "distinct",
+    },  # fmt: skip
 }
 #: Baselines scored on the same validation conditions (``--baselines``).
 BASELINE_NAMES = ("identity", "mean_shift", "additive", "linear")

@@ -50,10 +50,11 @@ from condmonge.data.prepare import (
     label_cells,
     select_conditions,
 )
+from condmonge.data.sampler import auto_cells_per_condition
 from condmonge.data.spec import Condition
 from condmonge.data.validation import ValidationPlan, choose_validation, fallback_plan
 from condmonge.errors import DataError, DataWarning, UnknownConditionError
-from condmonge.models.prior import prior_constants
+from condmonge.models.prior import auto_prior, prior_constants, training_signatures
 from condmonge.train import checkpoint as ckpt
 from condmonge.train.persistence import TrainedMap, restore_training, save_trained
 from condmonge.train.sharding import condition_mesh, replicate
@@ -121,8 +122,15 @@ def fit_map(  # noqa: PLR0913  the data, the config and keyword-only run options
     if not adata.isbacked:  # stored, so that predictions run the checks of this modality
         config = config.updated({"data.modality": detect_modality(adata, config.data)})
     data = _prepare(adata, config, holdout, test_conditions, embeddings)
+    if config.train.cells_per_condition == "auto":  # the checkpoint records what ran
+        pools = data.train_pools
+        n_cells = auto_cells_per_condition(pools.source_count, pools.target_count)
+        config = config.updated({"train.cells_per_condition": n_cells})
     conditions = [data.cells.conditions[i] for i in data.train_ids]
     encoded, val_encoded = _encode(data, data.train_ids), _encode(data, data.val_ids)
+    if config.model.prior == "auto":  # resolved here, so the checkpoint records the choice
+        choice = auto_prior(training_signatures(encoded), data.validation["kind"])
+        config = config.updated({"model.prior": choice})
     prior = None  # the tables of model.prior (condmonge.models.prior)
     if config.model.prior != "none":
         prior = prior_constants(
@@ -180,7 +188,8 @@ def _prepare(
     train_ids, val_ids, plan, encoder = _choose_validation(
         cells, train_ids, test, config, embeddings
     )
-    _warn_small_conditions(cells, train_ids, config.train.cells_per_condition)
+    if config.train.cells_per_condition != "auto":
+        _warn_small_conditions(cells, train_ids, config.train.cells_per_condition)
     # PCA fitted on controls and training conditions only: held-out and validation cells
     # stay unseen.
     in_training = cells.is_control | np.isin(cells.condition_of_cell, train_ids)

@@ -207,7 +207,8 @@ def make_train_step(
             on_trace()  # Python side effect: runs at trace time only.
         rng, rng_batch = jax.random.split(state.rng)
         k, n = train_cfg.conditions_per_step, train_cfg.cells_per_condition
-        batch = sample_batch(rng_batch, pools, conditions, k, n)
+        distinct = train_cfg.cell_sampling == "distinct"
+        batch = sample_batch(rng_batch, pools, conditions, k, n, distinct)
         if train_cfg.input_noise > 0:  # static: without noise the key stream is unchanged
             rng, rng_noise = jax.random.split(rng)
             noise = jax.random.normal(rng_noise, batch.source.shape, batch.source.dtype)
@@ -255,7 +256,8 @@ def make_eval_fn(
       per-condition loss (fitting term + weighted Monge gap) and the mean fitting term alone,
       :math:`S_\varepsilon(T_\#\mu_c, \nu_c)`, the metric that selects the parameters.
     """
-    k = train_cfg.conditions_per_step
+    k, n_cells = train_cfg.conditions_per_step, train_cfg.cells_per_condition
+    distinct = train_cfg.cell_sampling == "distinct"
     safe_loss = make_conditional_loss(model.apply, loss_cfg, True)
     fast_loss = make_conditional_loss(model.apply, loss_cfg, False)
 
@@ -267,7 +269,7 @@ def make_eval_fn(
 
         def one(args):
             key, idx, w = args
-            batch = sample_cells(key, pools, conditions, idx, train_cfg.cells_per_condition)
+            batch = sample_cells(key, pools, conditions, idx, n_cells, distinct)
             aux = loss_fn(params, constants, batch.source, batch.target, batch.condition)[1]
             sums = jnp.stack(
                 [jnp.sum(aux["per_condition"] * w), jnp.sum(aux["per_condition_fit"] * w)]
