@@ -36,7 +36,7 @@ def test_runs_alike_share_one_compiled_step():
     assert fit().n_traces == 1
     shared = fit(**{"train.seed": 3, "train.patience": 2, "train.validate_every": 3})
     assert shared.n_traces == 0
-    assert fit(**{"train.learning_rate": 3e-3}).n_traces == 1  # another optimiser: traced
+    assert fit(**{"train.learning_rate": 1e-2}).n_traces == 1  # another optimiser: traced
     clear_compiled_training()
     fresh = fit(**{"train.seed": 3, "train.patience": 2, "train.validate_every": 3})
     assert fresh.n_traces == 1

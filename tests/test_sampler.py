@@ -6,8 +6,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import condmonge as cm
 from condmonge.data.prepare import CellPools
 from condmonge.data.sampler import auto_cells_per_condition, distinct_offsets, sample_cells
+from condmonge.models.prior import auto_prior
+from conftest import make_adata, tiny_config
 
 _offsets = jax.jit(distinct_offsets, static_argnums=2)
 
@@ -89,3 +92,35 @@ def test_with_replacement_is_still_available():
     batch = sample_cells(jax.random.PRNGKey(0), pools, jnp.zeros(1), jnp.array([0]), 200, False)
     uses = np.bincount((np.asarray(batch.target[0, :, 0]) / 3).astype(int), minlength=10)
     assert uses.sum() == 200 and uses.max() > uses.min() + 2
+
+
+# ----------------------------------------------------------------- resolved at fit time
+
+
+def test_auto_prior_needs_a_drug_question_and_a_ridge_that_does_not_interpolate():
+    rng = np.random.default_rng(0)
+    low_rank = rng.normal(size=(10, 3)) @ rng.normal(size=(3, 7))  # K = 10, rank 3
+    assert auto_prior(low_rank, "perturbation") == "linear"
+    assert auto_prior(low_rank, "dose") == "linear"
+    for kind in ("combination", "cell_type", "covariate", "random", "cells"):
+        assert auto_prior(low_rank, kind) == "none"
+    assert auto_prior(low_rank[:5], "perturbation") == "linear"  # 5 > 3 + 1
+    assert auto_prior(low_rank[:4], "perturbation") == "none"  # 4 = 3 + 1: interpolated
+    assert auto_prior(np.eye(6), "perturbation") == "none"  # one-hot singles: rank K - 1
+
+
+def test_fit_records_what_auto_chose():
+    """A dose-out fit: the ridge prior (K = 8 > rank 4 + 1) and 40-cell draws, in its config."""
+    doses = [1.0, 3.0, 10.0, 30.0, 100.0, 300.0]
+    adata = make_adata(n_per_condition=40, d=4, conditions=("A", "B"), doses=doses)
+    config = tiny_config(**{
+        "data.dose_key": "dose", "model.prior": "auto",
+        "train.cells_per_condition": "auto", "train.cell_sampling": "distinct",
+    })  # fmt: skip
+    model = cm.ConditionalMonge(config).fit(adata, holdout=["A|dose=30", "B|dose=30"])
+    assert model.trained.validation["kind"] == "dose"
+    assert model.config.model.prior == "linear"
+    assert model.config.train.cells_per_condition == 40
+    assert model.trained.constants["prior_coef"].shape[-1] == 4
+    prediction = model.predict(adata[adata.obs["condition"] == "control"], "A", dose=30.0)
+    assert np.isfinite(np.asarray(prediction.X)).all()

@@ -220,7 +220,9 @@ def network_from_config(
         pooling=m.pooling,
         dose_gate=m.dose_gate if m.dose_gate is not None else config.data.dose_key is not None,
         shift_head=m.shift_head,
-        prior=m.prior,
+        # fit_map resolves auto from the data; a network built from a config alone has no
+        # prior tables, so auto is no prior here.
+        prior="none" if m.prior == "auto" else m.prior,
         covariate_neutral=tuple(covariate_neutral),
         dtype=jnp.bfloat16 if config.train.precision == "bfloat16" else jnp.float32,
     )
