@@ -57,6 +57,7 @@ NAME = "leaderboard"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(_out_dir(sys.argv)) / "jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
@@ -482,6 +483,10 @@ def main() -> None:
         for task in tasks:
             t0 = time.perf_counter()
             rows = run_phase(task, phase, sizes, args, out)
+            # Every XLA CPU executable keeps its memory mappings while jax caches it; one
+            # 45-minute run reached vm.max_map_count (65,530) in the tuned phase and LLVM
+            # failed ("Cannot allocate memory", then a segfault). Drop them between phases.
+            jax.clear_caches()
             if rows is None:
                 continue
             if phase == "defaults":
