@@ -1,16 +1,18 @@
 """Development twins of the synthetic leaderboard tasks, for choosing settings without the tests.
 
-    python benchmarks/dev_tasks.py [--tasks sciplex_drug_out,sciplex_dose_out,synthetic_unseen]
+    python benchmarks/dev_tasks.py [--tasks sciplex_drug_out,sciplex_dose_out,synthetic_unseen
+        (,in_distribution)]
         [--grid default,prior_linear] [--seeds 0,1,2] [--steps 300] [--out runs/dev_tasks]
         [--data-dir ../shared/data]
 
 Each task is the leaderboard's (``benchmarks/tasks.py``: the same split kind, sizes, embeddings
 and baselines) built from a different *generator seed* (``DEV_SEED``): other drug maps, another
 hidden embedding, other cells. Nothing here is a test condition of ``leaderboard.py``, whose
-generators use seed 0; a setting chosen here has not seen them. Each grid point is a set of
-``model`` overrides on top of the library's defaults (plus the step budget and the training
-seed); the baselines are fitted once. Prints one JSON line: per (task, point) the mean over
-seeds of the per-seed means over held-out conditions.
+generators use seed 0; a setting chosen here has not seen them. ``in_distribution`` is the
+leaderboard's in-distribution claim (whose generator uses seed 1) built from seed 2. Each grid
+point is a set of ``model`` overrides on top of the library's defaults (plus the step budget
+and the training seed); the baselines are fitted once. Prints one JSON line: per (task, point)
+the mean over seeds of the per-seed means over held-out conditions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from leaderboard import METRICS, with_model  # noqa: E402
 
 #: The generators' seed here; the leaderboard's tasks use 0.
 DEV_SEED = 1
+#: The in-distribution claim's generator seed here: the leaderboard's claim uses 1 (DEV_SEED).
+IN_DISTRIBUTION_DEV_SEED = 2
 SIZES = {"drugs": 40, "cells": 50, "synthetic_cells": 200}
 #: Grid points: dotted overrides of the model config (``section.key``).
 GRID = {
@@ -40,6 +44,7 @@ GRID = {
     "distinct": {"train.cell_sampling": "distinct"},
     "distinct_auto": {"train.cell_sampling": "distinct", "train.cells_per_condition": "auto"},
     "auto": {"train.cells_per_condition": "auto"},
+    "lr1e-3": {"train.learning_rate": 1e-3},
     "lr3e-3": {"train.learning_rate": 3e-3},
     "lr3e-3_c128": {"train.learning_rate": 3e-3, "train.cells_per_condition": 128},
     "lr3e-3_distinct_auto": {
@@ -56,10 +61,16 @@ def dev_task(name: str, root: Path) -> T.Task:
         "sciplex_drug_out": lambda: T.sciplex_drug_out(root, SIZES["drugs"], SIZES["cells"]),
         "sciplex_dose_out": lambda: T.sciplex_dose_out(root, SIZES["drugs"], SIZES["cells"]),
         "synthetic_unseen": lambda: T.synthetic_unseen(SIZES["synthetic_cells"], oracle=False),
+        # The leaderboard's in-distribution claim (held-out cells of 6 seen conditions, against
+        # one Monge gap map per condition) at its own size, 300 cells per condition.
+        "in_distribution": lambda: T.Task(
+            "in_distribution", "In distribution (development)", "random",
+            {"synthetic": T.in_distribution(300, 6)}, real=False,
+        ),  # fmt: skip
     }[name]()
     for tree in task.experiments.values():
         generator = tree["sciplex_like" if name.startswith("sciplex") else "synthetic"]
-        generator["seed"] = DEV_SEED
+        generator["seed"] = IN_DISTRIBUTION_DEV_SEED if name == "in_distribution" else DEV_SEED
     return task
 
 
@@ -106,7 +117,8 @@ def main() -> None:  # noqa: D103
     rows.to_csv(args.out / "rows.csv", index=False)
     summary = {f"{t}/{p}": v for (t, p), v in table.to_dict("index").items()}
     print(json.dumps({"benchmark": "dev_tasks", "steps": args.steps, "seeds": seeds,
-                      "generator_seed": DEV_SEED, "results": summary}))  # fmt: skip
+                      "generator_seed": DEV_SEED, "in_distribution_seed": IN_DISTRIBUTION_DEV_SEED,
+                      "results": summary}))  # fmt: skip
 
 
 if __name__ == "__main__":

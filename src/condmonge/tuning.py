@@ -82,7 +82,8 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "loss.fit_epsilon": {"low": 0.005, "high": 0.2, "log": True},
     "model.hidden_dim": {"choices": [64, 128, 256]},
     "model.n_layers": {"low": 2, "high": 5},
-    "train.learning_rate": {"low": 1e-4, "high": 3e-3, "log": True},
+    # Around the default 3e-3 (it was this range's upper end, 1e-4-3e-3, until 2026-12-04).
+    "train.learning_rate": {"low": 3e-4, "high": 1e-2, "log": True},
     "train.weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
     "train.steps": {"low": 500, "high": 3000, "step": 500},
     "model.prior": {"choices": ["none", "nearest", "linear"]},
